@@ -1,0 +1,26 @@
+"""Evaluation of sentence embeddings: the SentEval STS protocol (NumPy only).
+
+``evaluate_sts(encode_fn, data_dir, *, tasks=None, aggregation="all")`` scores
+STS12-16, STS-B and SICK-R as Spearman x 100 of cosine similarity;
+``read_stsb`` and ``cosine_spearman`` serve dev-set evaluation during training.
+"""
+
+from jaxembed.eval.datasets import STS_SUBSETS, STS_TASKS, StsSubset, load_sts_task, read_sick, read_stsb
+from jaxembed.eval.stats import average_ranks, cosine_spearman, rowwise_cosine, spearman
+from jaxembed.eval.sts import evaluate_sts, format_table, score_task
+
+__all__ = [
+    "STS_SUBSETS",
+    "STS_TASKS",
+    "StsSubset",
+    "average_ranks",
+    "cosine_spearman",
+    "evaluate_sts",
+    "format_table",
+    "load_sts_task",
+    "read_sick",
+    "read_stsb",
+    "rowwise_cosine",
+    "score_task",
+    "spearman",
+]
