@@ -1,0 +1,30 @@
+"""Flax BERT-family encoders with Hugging Face weight I/O.
+
+``config`` (EncoderConfig), ``transformer`` (linen modules), ``pooling``,
+``heads`` (ProjectionHead, PairScoreHead), ``weights`` (HF <-> Flax params,
+safetensors I/O), ``st_format`` (sentence-transformers folders), ``hub``,
+``buckets`` (shape bucketing) and ``encoder`` (the ``Encoder`` API).
+Heavy imports happen on first attribute access.
+"""
+
+_LAZY = {
+    "Encoder": ("jaxembed.models.encoder", "Encoder"),
+    "EncoderConfig": ("jaxembed.models.config", "EncoderConfig"),
+    "TransformerEncoder": ("jaxembed.models.transformer", "TransformerEncoder"),
+    "EncoderOutput": ("jaxembed.models.transformer", "EncoderOutput"),
+    "pool": ("jaxembed.models.pooling", "pool"),
+    "ProjectionHead": ("jaxembed.models.heads", "ProjectionHead"),
+    "PairScoreHead": ("jaxembed.models.heads", "PairScoreHead"),
+}
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        import importlib
+
+        module, attr = _LAZY[name]
+        return getattr(importlib.import_module(module), attr)
+    raise AttributeError(f"module 'jaxembed.models' has no attribute {name!r}")
+
+
+__all__ = list(_LAZY)

@@ -1,0 +1,146 @@
+"""Read and write the sentence-transformers side of a model folder.
+
+A sentence-transformers folder is an HF folder plus ``modules.json`` listing a
+pipeline. We understand the pipelines jaxembed itself can express:
+
+    Transformer -> Pooling(cls | mean | max) [-> Dense(H, H, tanh) after cls] [-> Normalize]
+
+``Pooling(cls)`` in ST is the raw [CLS] token (ST's Transformer returns token
+embeddings), i.e. our ``cls_before_pooler``; ``Pooling(cls) -> Dense(tanh)`` is
+our ``cls`` with the HF pooler, the Dense weights being the pooler's.
+
+Example::
+
+    settings = read_st_settings(folder)   # None for a plain HF folder
+    settings.pooling, settings.normalize, settings.max_length
+
+Reference: sentence-transformers ``modules.json`` / ``1_Pooling/config.json`` format.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import pathlib
+from typing import Optional
+
+import numpy as np
+
+_POOLING_FLAGS = {"pooling_mode_cls_token": "cls_before_pooler",
+                  "pooling_mode_mean_tokens": "mean",
+                  "pooling_mode_max_tokens": "max"}
+_UNSUPPORTED_FLAGS = ("pooling_mode_mean_sqrt_len_tokens", "pooling_mode_weightedmean_tokens",
+                      "pooling_mode_lasttoken")
+
+
+@dataclasses.dataclass
+class STSettings:
+    """What a sentence-transformers folder says about pooling and preprocessing.
+
+    ``pooler``: ``(weight [H, H] torch layout, bias [H])`` of a ``Dense(tanh)``
+    after cls pooling, else None.
+    """
+
+    pooling: str
+    normalize: bool
+    max_length: Optional[int]
+    do_lower_case: bool
+    pooler: Optional[tuple] = None
+
+
+def _kind(module_type: str) -> str:
+    return module_type.rsplit(".", 1)[-1]
+
+
+def read_st_settings(folder: str | pathlib.Path) -> Optional[STSettings]:
+    """Parse ``modules.json`` and friends; None when the folder has no ``modules.json``."""
+    folder = pathlib.Path(folder)
+    if not (folder / "modules.json").is_file():
+        return None
+    with open(folder / "modules.json") as f:
+        modules = sorted(json.load(f), key=lambda m: m.get("idx", 0))
+    kinds = [_kind(m["type"]) for m in modules]
+    if not kinds or kinds[0] != "Transformer" or (folder / modules[0].get("path", "")).resolve() != folder.resolve():
+        raise ValueError(f"{folder}/modules.json must start with a Transformer module stored at the "
+                         f"folder root, got {kinds}")
+    pooling, normalize, pooler = None, False, None
+    for m, kind in zip(modules[1:], kinds[1:]):
+        sub = folder / m["path"]
+        if kind == "Pooling" and pooling is None:
+            with open(sub / "config.json") as f:
+                cfg = json.load(f)
+            bad = [k for k in _UNSUPPORTED_FLAGS if cfg.get(k)]
+            chosen = [v for k, v in _POOLING_FLAGS.items() if cfg.get(k)]
+            if bad or len(chosen) != 1:
+                raise ValueError(f"unsupported sentence-transformers pooling in {sub}: {cfg}")
+            pooling = chosen[0]
+        elif kind == "Dense" and pooling == "cls_before_pooler" and pooler is None and not normalize:
+            pooler = _read_dense_tanh(sub)
+            pooling = "cls"
+        elif kind == "Normalize" and pooling is not None:
+            normalize = True
+        else:
+            raise ValueError(f"unsupported sentence-transformers pipeline {kinds} in {folder} "
+                             f"(module {m['type']!r} at position {m.get('idx')})")
+    if pooling is None:
+        raise ValueError(f"{folder}/modules.json has no Pooling module: {kinds}")
+    max_length, lower = None, False
+    sbert = folder / "sentence_bert_config.json"
+    if sbert.is_file():
+        with open(sbert) as f:
+            sb = json.load(f)
+        max_length = sb.get("max_seq_length")
+        lower = bool(sb.get("do_lower_case", False))
+    return STSettings(pooling=pooling, normalize=normalize, max_length=max_length,
+                      do_lower_case=lower, pooler=pooler)
+
+
+def _read_dense_tanh(sub: pathlib.Path) -> tuple[np.ndarray, np.ndarray]:
+    from jaxembed.models.weights import read_state_dict
+
+    with open(sub / "config.json") as f:
+        cfg = json.load(f)
+    act = cfg.get("activation_function", "torch.nn.modules.activation.Tanh")
+    if not act.endswith("Tanh") or cfg["in_features"] != cfg["out_features"] or not cfg.get("bias", True):
+        raise ValueError(f"only a square Dense(tanh) with bias after cls pooling is supported, got {cfg}")
+    state = read_state_dict(sub)
+    return state["linear.weight"], state["linear.bias"]
+
+
+def write_st_files(folder: str | pathlib.Path, *, pooling: str, normalize: bool, max_length: int,
+                   hidden_size: int, pooler: Optional[tuple] = None,
+                   do_lower_case: bool = False) -> None:
+    """Write ``modules.json``, ``1_Pooling``, optional ``2_Dense`` and ``Normalize`` folders and
+    ``sentence_bert_config.json`` so that ``SentenceTransformer(folder)`` computes what
+    ``Encoder.embed`` computes. ``pooler`` (torch-layout weight, bias) is required for ``cls``."""
+    from jaxembed.models.weights import write_safetensors
+
+    folder = pathlib.Path(folder)
+    if pooling not in ("cls", "cls_before_pooler", "mean", "max"):
+        raise ValueError(f"pooling {pooling!r} has no sentence-transformers equivalent")
+    modules = [{"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"}]
+
+    def add(path, kind):
+        modules.append({"idx": len(modules), "name": str(len(modules)), "path": path,
+                        "type": f"sentence_transformers.models.{kind}"})
+        (folder / path).mkdir(parents=True, exist_ok=True)
+        return folder / path
+
+    flags = {k: False for k in (*_POOLING_FLAGS, *_UNSUPPORTED_FLAGS)}
+    flags["pooling_mode_" + {"cls": "cls_token", "cls_before_pooler": "cls_token",
+                             "mean": "mean_tokens", "max": "max_tokens"}[pooling]] = True
+    sub = add("1_Pooling", "Pooling")
+    with open(sub / "config.json", "w") as f:
+        json.dump({"word_embedding_dimension": hidden_size, **flags}, f, indent=2)
+    if pooling == "cls" and pooler is not None:
+        sub = add("2_Dense", "Dense")
+        with open(sub / "config.json", "w") as f:
+            json.dump({"in_features": hidden_size, "out_features": hidden_size, "bias": True,
+                       "activation_function": "torch.nn.modules.activation.Tanh"}, f, indent=2)
+        write_safetensors({"linear.weight": pooler[0], "linear.bias": pooler[1]}, sub / "model.safetensors")
+    if normalize:
+        add(f"{len(modules)}_Normalize", "Normalize")
+    with open(folder / "modules.json", "w") as f:
+        json.dump(modules, f, indent=2)
+    with open(folder / "sentence_bert_config.json", "w") as f:
+        json.dump({"max_seq_length": max_length, "do_lower_case": do_lower_case}, f, indent=2)
