@@ -1,0 +1,153 @@
+r"""Whitening matrices of (batched) covariance matrices, in float32.
+
+Given ``cov`` [..., c, c] (symmetric positive semi-definite), each function
+returns ``W`` [..., c, c] with ``Wᵀ (cov + eps I) W = I`` (exactly for
+``"eigh"`` and ``"cholesky"``, approximately for ``"newton_schulz"``):
+
+``"eigh"`` (ZCA)
+    ``W = U diag((λ + eps)^{-1/2}) Uᵀ = (cov + eps I)^{-1/2}``: the unique
+    *symmetric* whitening matrix, the one that moves the data least
+    (Kessy et al. 2018). WhitenedCSE / DBN use it. Its derivative is given by a
+    custom JVP (Daleckii-Krein): with ``s = sqrt(λ + eps)``,
+    ``dW = U (F ∘ Uᵀ dΣ U) Uᵀ``, ``F_ij = -1 / (s_i s_j (s_i + s_j))``, the
+    divided difference of ``λ^{-1/2}``. It is finite for repeated eigenvalues,
+    unlike autodiff through ``eigh`` (whose ``1/(λ_i - λ_j)`` factors give
+    NaN/inf on ties, jax-ml/jax#669); it grows like ``(λ + eps)^{-3/2}`` for
+    small eigenvalues, so the full gradient is large on near-singular groups.
+``"cholesky"``
+    ``cov + eps I = L Lᵀ``, ``W = L^{-ᵀ}`` (so ``X W`` solves ``L Zᵀ = Xᵀ``).
+    It whitens (``Wᵀ Σ W = L^{-1} Σ L^{-ᵀ} = I``) but is *not* ZCA:
+    ``W = Σ^{-1/2} Q`` with ``Q = Σ^{1/2} L^{-ᵀ}`` orthogonal, i.e. ZCA
+    followed by a data-dependent rotation that depends on the channel order
+    (W-MSE, Ermolov et al. 2021). Cheaper than eigh.
+``"newton_schulz"``
+    IterNorm (Huang et al. 2019): ``Σ_N = (cov + eps I) / tr``,
+    ``P_0 = I``, ``P_{k+1} = 1.5 P_k - 0.5 P_k^3 Σ_N``, ``W = P_T / sqrt(tr)``.
+    Matmuls only (accelerator friendly, differentiable by plain autodiff) but
+    approximate: eigenvalues of ``Σ_N`` far below ``1/c`` are not yet whitened
+    after ``T`` steps (see ``benchmarks/RESULTS.md`` for measured accuracy).
+
+Rank-deficient covariances (batch <= group size, duplicated rows):
+eigenvalues below ``c · λ_max · ε_float32`` (``numpy.linalg.matrix_rank``'s
+tolerance; they are round-off) are set to exactly 0, negative round-off
+included. With ``eps > 0`` the result is then finite; with ``eps = 0``
+(the official WhitenedCSE code has no epsilon) ``"eigh"`` gives inf/NaN, loudly,
+instead of amplifying round-off by ``1e4``; ``"cholesky"`` gives NaN (or, for a
+round-off pivot, huge values); ``"newton_schulz"`` stays finite but leaves the
+null directions unwhitened (NaN only for an all-constant group).
+"""
+
+from __future__ import annotations
+
+from functools import partial
+
+import jax
+import jax.numpy as jnp
+
+from jaxembed.losses._checks import HIGHEST, check_choice, check_nonnegative, check_positive_int
+
+__all__ = ["whitening_matrix", "zca_matrix", "cholesky_matrix", "newton_schulz_matrix", "METHODS"]
+
+METHODS = ("eigh", "cholesky", "newton_schulz")
+
+
+def _symmetrize(m):
+    return 0.5 * (m + jnp.swapaxes(m, -1, -2))
+
+
+def _regularized_eigh(cov, eps):
+    """Eigen-decomposition with round-off eigenvalues zeroed, then ``+ eps``."""
+    lam, u = jnp.linalg.eigh(cov, symmetrize_input=True)
+    c = cov.shape[-1]
+    tol = lam[..., -1:] * (c * jnp.finfo(jnp.float32).eps)
+    lam = jnp.where(lam > tol, lam, 0.0) + eps
+    return lam, u
+
+
+def _mm(a, b):
+    return jnp.matmul(a, b, precision=HIGHEST)
+
+
+@partial(jax.custom_jvp, nondiff_argnums=(1,))
+def zca_matrix(cov, eps=0.0):
+    r"""ZCA whitening matrix ``(cov + eps I)^{-1/2}`` of ``cov`` [..., c, c] -> [..., c, c].
+
+    Example:
+      >>> w = zca_matrix(jnp.diag(jnp.array([4.0, 1.0])))
+      >>> w.diagonal().tolist()
+      [0.5, 1.0]
+    """
+    lam, u = _regularized_eigh(cov, eps)
+    return _mm(u * jax.lax.rsqrt(lam)[..., None, :], jnp.swapaxes(u, -1, -2))
+
+
+@zca_matrix.defjvp
+def _zca_matrix_jvp(eps, primals, tangents):
+    (cov,), (dcov,) = primals, tangents
+    lam, u = _regularized_eigh(cov, eps)
+    ut = jnp.swapaxes(u, -1, -2)
+    s = jnp.sqrt(lam)
+    w = _mm(u / s[..., None, :], ut)
+    # Divided differences of f(λ) = λ^{-1/2}: (f(a) - f(b)) / (a - b) = -1 / (√a √b (√a + √b)).
+    f = -1.0 / (s[..., :, None] * s[..., None, :] * (s[..., :, None] + s[..., None, :]))
+    dw = _mm(_mm(u, f * _mm(_mm(ut, _symmetrize(dcov)), u)), ut)
+    return w, dw
+
+
+def cholesky_matrix(cov, eps=0.0):
+    r"""Cholesky whitening matrix ``L^{-ᵀ}`` with ``cov + eps I = L Lᵀ``: [..., c, c] -> [..., c, c].
+
+    Example:
+      >>> w = cholesky_matrix(jnp.array([[4.0, 2.0], [2.0, 2.0]]))
+      >>> bool(jnp.allclose(w.T @ jnp.array([[4.0, 2.0], [2.0, 2.0]]) @ w, jnp.eye(2)))
+      True
+    """
+    c = cov.shape[-1]
+    eye = jnp.eye(c, dtype=cov.dtype)
+    chol = jnp.linalg.cholesky(_symmetrize(cov) + eps * eye)
+    identity = jnp.broadcast_to(eye, chol.shape)
+    inv_l = jax.lax.linalg.triangular_solve(chol, identity, left_side=True, lower=True)
+    return jnp.swapaxes(inv_l, -1, -2)
+
+
+def newton_schulz_matrix(cov, eps=0.0, *, iterations=5):
+    r"""IterNorm's Newton-Schulz approximation of ``(cov + eps I)^{-1/2}``: [..., c, c] -> [..., c, c].
+
+    ``Σ_N = (cov + eps I) / tr(cov + eps I)``; ``P_0 = I``;
+    ``P_{k+1} = (3 P_k - P_k^3 Σ_N) / 2``; returns ``P_T / sqrt(tr)``.
+
+    Example:
+      >>> w = newton_schulz_matrix(jnp.eye(3), iterations=8)
+      >>> bool(jnp.allclose(w, jnp.eye(3), atol=1e-3))
+      True
+    """
+    iterations = check_positive_int(iterations, "iterations")
+    c = cov.shape[-1]
+    eye = jnp.eye(c, dtype=cov.dtype)
+    sigma = _symmetrize(cov) + eps * eye
+    trace = jnp.trace(sigma, axis1=-2, axis2=-1)[..., None, None]
+    sigma_n = sigma / trace
+    p = jnp.broadcast_to(eye, sigma.shape)
+    for _ in range(iterations):
+        p = 1.5 * p - 0.5 * _mm(_mm(_mm(p, p), p), sigma_n)
+    return p * jax.lax.rsqrt(trace)
+
+
+def whitening_matrix(cov, *, eps=0.0, method="eigh", iterations=5):
+    """Dispatch to :func:`zca_matrix`, :func:`cholesky_matrix` or :func:`newton_schulz_matrix`.
+
+    Args:
+      cov: [..., c, c] float32 covariance(s).
+      eps: ``>= 0`` added to the diagonal (to the eigenvalues for eigh).
+      method: one of ``METHODS``.
+      iterations: Newton-Schulz steps (only for ``"newton_schulz"``).
+    """
+    check_choice(method, set(METHODS), "method")
+    check_nonnegative(eps, "eps")
+    if cov.ndim < 2 or cov.shape[-1] != cov.shape[-2]:
+        raise ValueError(f"cov must have shape [..., c, c], got shape {tuple(cov.shape)}")
+    if method == "eigh":
+        return zca_matrix(cov, float(eps))
+    if method == "cholesky":
+        return cholesky_matrix(cov, eps)
+    return newton_schulz_matrix(cov, eps, iterations=iterations)
