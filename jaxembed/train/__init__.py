@@ -1,0 +1,10 @@
+"""The sharded trainer: config, sharding rules, objectives, step, checkpoints, loop.
+
+Modules: ``config`` (typed ``TrainConfig`` + loaders), ``sharding`` (the
+logical-axis rules table and placement), ``state`` (TrainState, AdamW
+schedule), ``objectives`` (SimCSE / WhitenedCSE / DSE / 2DMSE from
+``jaxembed.losses``), ``step`` (the jit step), ``checkpoint`` (Orbax),
+``metrics`` (JSONL + TensorBoard), ``flops`` (MFU), ``trainer`` (the loop),
+``distributed`` (multi-process start-up), ``cli`` (``jaxembed train``).
+Nothing is imported eagerly so ``jaxembed --help`` stays fast.
+"""

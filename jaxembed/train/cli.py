@@ -1,0 +1,63 @@
+"""``jaxembed train CONFIG[:ARG] --workdir DIR [--set key=value ...]``.
+
+Running it again with the same ``--workdir`` resumes from the newest intact
+checkpoint (params, optimiser state, RNG, data position).
+
+Example::
+
+    jaxembed train configs/quickstart.py --workdir /tmp/qs
+    jaxembed train configs/whitenedcse_bert_base.py:tiny --workdir /tmp/w --set steps=20
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("config", help="config file defining get_config(arg=None); "
+                                       "'path.py:ARG' passes ARG (e.g. ':tiny')")
+    parser.add_argument("--workdir", required=True, help="checkpoints, metrics.jsonl, exports")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config field (repeatable); unknown keys are an error")
+    parser.add_argument("--coordinator", default=None, help="multi-process: coordinator HOST:PORT")
+    parser.add_argument("--num-processes", type=int, default=None)
+    parser.add_argument("--process-id", type=int, default=None)
+    parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+
+
+def run(args) -> int:
+    from jaxembed.train.config import load_config
+
+    try:
+        cfg = load_config(args.config, overrides=args.overrides)
+    except (ValueError, FileNotFoundError) as e:
+        print(f"jaxembed train: {e}", file=sys.stderr)
+        return 2
+    if args.print_config:
+        for k, v in cfg.to_dict().items():
+            print(f"{k} = {v!r}")
+        return 0
+    from jaxembed.train.distributed import maybe_initialize
+
+    maybe_initialize(args.coordinator, args.num_processes, args.process_id)
+    from jaxembed.train.trainer import train
+
+    summary = train(cfg, args.workdir)
+    last = summary.get("last") or {}
+    if last:
+        print(f"done: {summary['steps']} steps, final loss {last.get('loss', float('nan')):.4f}, "
+              f"exported to {args.workdir}/export")
+    return 0
+
+
+def main(argv=None) -> int:
+    """``python -m jaxembed.train.cli CONFIG --workdir DIR ...`` (same as ``jaxembed train``)."""
+    parser = argparse.ArgumentParser(prog="jaxembed train", description=__doc__.split("\n\n")[0])
+    add_arguments(parser)
+    return run(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

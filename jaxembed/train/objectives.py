@@ -1,0 +1,220 @@
+"""Training objectives: a config name -> ``loss(params, batch, rng) -> (loss, aux)``.
+
+No loss math lives here: every objective composes the encoder
+(``enc.apply`` + :func:`jaxembed.models.pooling.pool`), the heads of
+:mod:`jaxembed.models.heads` and the functions of :mod:`jaxembed.losses`.
+
+``params = {"encoder": <enc.params>, "head": <head params or {}>}``. A batch
+holds ``input_ids``/``attention_mask``/``token_type_ids`` of shape
+``[B, C, L]`` (C text columns) and, for DSE, ``scores [B, K]`` (teacher
+values, then the task label if present). Losses are float32 scalars.
+
+* ``simcse_unsup`` (Gao et al. 2021 §3): every sentence twice through the
+  encoder with independent dropout (one forward over ``[B*2, L]``), pooled
+  (``train_pooling``, default raw [CLS]) -> ``ProjectionHead`` (Linear+tanh,
+  training only) -> ``info_nce(z1, z2, temperature)``.
+* ``simcse_sup`` (§4): (premise, entailment, contradiction) ->
+  ``info_nce(z_p, z_e, negatives=z_c)``.
+* ``whitenedcse`` (Zhuo et al. 2023, official code's order): ``num_views``
+  dropout views ``[B, P, H]`` of raw [CLS] -> ``whitened_cse(views, key,
+  num_groups, projection=ProjectionHead)``: shuffled group whitening per view,
+  then the MLP, then InfoNCE of view 0 against each other view.
+* ``dse`` (Barkan et al. 2020): ``u, v`` pooled (shared encoder) ->
+  ``PairScoreHead`` logits ``[B, out]``; loss ``(1-a)·task + a·distill_mse(logits, teacher)``
+  with task ``mse`` / ``bce`` / ``ce`` on the label column (or ``none``).
+* ``matryoshka_2d`` (2DMSE, Li et al. 2024) wraps any of them: the
+  representation function is evaluated on hidden states of sampled layers and
+  truncated dimensions by :func:`jaxembed.losses.matryoshka_2d`.
+
+Example::
+
+    obj = build_objective(cfg, enc)
+    heads = obj.init_heads(jax.random.PRNGKey(0))
+    loss, aux = obj.loss({"encoder": enc.params, "head": heads}, batch, key)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+
+from jaxembed.train.config import TrainConfig
+
+
+@dataclasses.dataclass(frozen=True)
+class Objective:
+    name: str
+    text_columns: tuple[int, ...]       # accepted numbers of text columns in a batch
+    sequences_per_row: int              # encoder sequences per batch row (views or columns)
+    init_heads: Callable[[jax.Array], Any]   # key -> boxed head params ({} if none)
+    loss: Callable[[Any, dict, jax.Array], tuple[jax.Array, dict]]
+
+
+def _flat(batch: dict, views: int = 1) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """``[B, C, L]`` columns -> ``[B*C*views, L]`` (row-major: row, column, view)."""
+    def f(x):
+        if views > 1:
+            x = jnp.repeat(x, views, axis=1)
+        return x.reshape(-1, x.shape[-1])
+
+    ids = f(batch["input_ids"])
+    mask = f(batch["attention_mask"])
+    tt = f(batch["token_type_ids"]) if "token_type_ids" in batch else jnp.zeros_like(ids)
+    return ids, mask, tt
+
+
+def _encode(enc, cfg: TrainConfig, enc_params, ids, mask, tt, key, *, hidden_states=False):
+    """Forward with dropout on; returns the encoder outputs."""
+    return enc.apply(enc_params, ids, mask, tt, deterministic=False, dropout_rng=key,
+                     output_hidden_states=hidden_states or cfg.train_pooling == "last4_mean")
+
+
+def _representation(enc, cfg: TrainConfig) -> Callable:
+    """``(enc_params, batch, key, views) -> [B, C*views, H]`` float32 pooled rows."""
+    from jaxembed.models.pooling import pool
+
+    def rep(enc_params, batch, key, views):
+        ids, mask, tt = _flat(batch, views)
+        out = _encode(enc, cfg, enc_params, ids, mask, tt, key)
+        z = pool(out, mask, cfg.train_pooling)
+        b = batch["input_ids"].shape[0]
+        return z.reshape(b, -1, z.shape[-1])
+
+    return rep
+
+
+def _projection(cfg: TrainConfig, hidden: int):
+    from jaxembed.models.heads import ProjectionHead
+
+    head = ProjectionHead(hidden)
+    if not cfg.mlp:
+        return (lambda key: {}), (lambda hp, z: z)
+    init = lambda key: head.init(key, jnp.zeros((1, hidden), jnp.float32))["params"]  # noqa: E731
+    apply = lambda hp, z: head.apply({"params": hp}, z)  # noqa: E731
+    return init, apply
+
+
+def _pooled_width(enc, cfg: TrainConfig) -> int:
+    return enc.hidden_size * (4 if cfg.train_pooling == "last4_mean" else 1)
+
+
+def simcse_unsup(cfg: TrainConfig, enc) -> Objective:
+    from jaxembed.losses import info_nce
+
+    rep = _representation(enc, cfg)
+    init, project = _projection(cfg, _pooled_width(enc, cfg))
+
+    def loss(params, batch, key):
+        z = project(params["head"], rep(params["encoder"], batch, key, 2))
+        return info_nce(z[:, 0], z[:, 1], temperature=cfg.temperature), {}
+
+    return Objective("simcse_unsup", (1,), 2, init, loss)
+
+
+def simcse_sup(cfg: TrainConfig, enc) -> Objective:
+    from jaxembed.losses import info_nce
+
+    rep = _representation(enc, cfg)
+    init, project = _projection(cfg, _pooled_width(enc, cfg))
+
+    def loss(params, batch, key):
+        z = project(params["head"], rep(params["encoder"], batch, key, 1))
+        neg = z[:, 2] if z.shape[1] > 2 else None
+        return info_nce(z[:, 0], z[:, 1], neg, temperature=cfg.temperature), {}
+
+    return Objective("simcse_sup", (2, 3), 3, init, loss)
+
+
+def whitenedcse(cfg: TrainConfig, enc) -> Objective:
+    from jaxembed.losses import whitened_cse
+
+    rep = _representation(enc, cfg)
+    init, project = _projection(cfg, _pooled_width(enc, cfg))
+
+    def loss(params, batch, key):
+        k_drop, k_shuffle = jax.random.split(key)
+        views = rep(params["encoder"], batch, k_drop, cfg.num_views)
+        value = whitened_cse(views, k_shuffle, num_groups=cfg.num_groups,
+                             temperature=cfg.temperature, eps=cfg.whitening_eps,
+                             method=cfg.whitening_method,
+                             projection=(lambda v: project(params["head"], v)) if cfg.mlp else None)
+        return value, {}
+
+    return Objective("whitenedcse", (1,), cfg.num_views, init, loss)
+
+
+def _dse_task_loss(kind: str, logits: jax.Array, label: jax.Array) -> jax.Array:
+    import optax
+
+    from jaxembed.losses import distill_mse
+
+    if kind == "mse":
+        return distill_mse(logits[:, 0], label)
+    if kind == "bce":
+        return jnp.mean(optax.sigmoid_binary_cross_entropy(logits[:, 0], label))
+    if kind == "ce":
+        return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, label.astype(jnp.int32)))
+    raise ValueError(f"dse_task_loss must be mse|bce|ce|none, got {kind!r}")
+
+
+def dse(cfg: TrainConfig, enc) -> Objective:
+    from jaxembed.losses import distill_mse
+    from jaxembed.models.heads import PairScoreHead
+
+    rep = _representation(enc, cfg)
+    head = PairScoreHead(hidden=cfg.dse_hidden, out=cfg.dse_out)
+    width = _pooled_width(enc, cfg)
+
+    def init(key):
+        x = jnp.zeros((1, width), jnp.float32)
+        return head.init(key, x, x)["params"]
+
+    def loss(params, batch, key):
+        z = rep(params["encoder"], batch, key, 1)
+        logits = head.apply({"params": params["head"]}, z[:, 0], z[:, 1])
+        scores = batch["scores"].astype(jnp.float32)
+        teacher = scores[:, :cfg.dse_out]
+        distill = distill_mse(logits, teacher)
+        if cfg.dse_task_loss == "none" or scores.shape[1] <= cfg.dse_out:
+            return distill, {"distill_loss": distill}
+        task = _dse_task_loss(cfg.dse_task_loss, logits, scores[:, cfg.dse_out])
+        total = (1.0 - cfg.dse_alpha) * task + cfg.dse_alpha * distill
+        return total, {"distill_loss": distill, "task_loss": task}
+
+    return Objective("dse", (2,), 2, init, loss)
+
+
+_BUILDERS = {"simcse_unsup": simcse_unsup, "simcse_sup": simcse_sup,
+             "whitenedcse": whitenedcse, "dse": dse}
+
+
+def build_objective(cfg: TrainConfig, enc) -> Objective:
+    """The objective named by ``cfg.objective`` (2DMSE and grad-cache applied on top)."""
+    obj = _BUILDERS[cfg.objective](cfg, enc)
+    if cfg.matryoshka_2d:
+        obj = _with_matryoshka_2d(obj, cfg, enc)
+    if cfg.grad_cache_chunk > 0:
+        obj = _with_grad_cache(obj, cfg)
+    return obj
+
+
+def _with_matryoshka_2d(obj: Objective, cfg: TrainConfig, enc) -> Objective:
+    """2DMSE: see :func:`jaxembed.train.objectives_2d.matryoshka_2d_objective`."""
+    from jaxembed.train.objectives_2d import matryoshka_2d_objective
+
+    return matryoshka_2d_objective(obj, cfg, enc)
+
+
+def _with_grad_cache(obj: Objective, cfg: TrainConfig) -> Objective:
+    # HOOK (grad cache): jaxembed.losses.grad_cache is being written by the losses
+    # engineer; wire it here once its API exists. Until then a config asking for it
+    # fails loudly instead of silently training without it.
+    try:
+        from jaxembed.losses import grad_cache  # noqa: F401
+    except ImportError as e:
+        raise NotImplementedError(
+            "grad_cache_chunk > 0 needs jaxembed.losses.grad_cache, which is not available yet") from e
+    raise NotImplementedError("grad_cache_chunk: the trainer hook is not wired yet")

@@ -1,0 +1,72 @@
+"""The jit-compiled, sharded train step (state donated) and sharded state creation.
+
+``train_step(state, batch) -> (state', metrics)``::
+
+    key            = fold_in(state.rng, state.step)
+    (loss, aux), g = value_and_grad(objective.loss)(state.params, batch, key)
+    updates, opt'  = tx.update(g, state.opt_state, state.params)   # clip + AdamW
+    params'        = params + updates
+
+``metrics``: ``loss``, ``grad_norm`` (before clipping), ``lr`` (the rate this
+update used) and the objective's aux values, all float32 scalars.
+
+Placement: ``in_shardings``/``out_shardings`` come from
+:mod:`jaxembed.train.sharding` (params and optimiser moments FSDP-sharded by
+logical axes, batch over ``data`` x ``fsdp``); the state argument is donated
+so the update happens in place.
+
+Example::
+
+    shardings = state_shardings(params_logical, tx, mesh, params)
+    state = create_state(params, tx, shardings, seed=0)
+    step = make_train_step(objective.loss, tx, schedule, shardings, mesh)
+    state, metrics = step(state, shard_batch(batch, mesh))
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from jaxembed.train import sharding as shd
+from jaxembed.train.state import TrainState
+
+
+def state_shardings(params, tx: optax.GradientTransformation, mesh, *, logical=None,
+                    hidden_size: int | None = None) -> TrainState:
+    """A ``TrainState`` of ``NamedSharding``s: optimiser leaves that mirror a
+    parameter get that parameter's sharding; the rest (counts, step, rng) replicate."""
+    p_sh = shd.param_shardings(params, mesh, logical=logical, hidden_size=hidden_size)
+    abstract_opt = jax.eval_shape(tx.init, params)
+    rep = shd.replicated(mesh)
+    opt_sh = optax.tree_map_params(tx, lambda _, s: s, abstract_opt, p_sh,
+                                   transform_non_params=lambda _: rep)
+    return TrainState(step=rep, params=p_sh, opt_state=opt_sh, rng=rep)
+
+
+def create_state(params, tx: optax.GradientTransformation, shardings: TrainState, *,
+                 seed: int) -> TrainState:
+    """Place host ``params`` and initialise the optimiser directly in its shardings."""
+    placed = shd.place(params, shardings.params)
+    init = jax.jit(lambda p: TrainState.create(p, tx, seed=seed), out_shardings=shardings)
+    return init(placed)
+
+
+def make_train_step(loss_fn, tx: optax.GradientTransformation, schedule, shardings: TrainState,
+                    mesh):
+    """Compile ``train_step`` for ``shardings``; batch leaves sharded on their first axis."""
+
+    def train_step(state: TrainState, batch: dict):
+        grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+        (loss, aux), grads = grad_fn(state.params, batch, state.step_key())
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        metrics = {"loss": loss.astype(jnp.float32), "grad_norm": optax.global_norm(grads),
+                   "lr": jnp.asarray(schedule(state.step), jnp.float32),
+                   **{k: v.astype(jnp.float32) for k, v in aux.items()}}
+        return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
+
+    rep = shd.replicated(mesh)
+    return jax.jit(train_step, in_shardings=(shardings, shd.batch_sharding(mesh)),
+                   out_shardings=(shardings, rep), donate_argnums=(0,))
