@@ -214,3 +214,37 @@ def test_cli_json_with_stub_encoder(shared_data, rng, monkeypatch, capsys):
     assert out[0].split() == ["STS-B", "SICK-R", "Avg"]
     assert payload["Avg"] == pytest.approx((payload["STSBenchmark"] + payload["SICKRelatedness"]) / 2)
     assert set(STS_TASKS) >= set(payload) - {"Avg"}
+
+
+def test_cli_json_with_tiny_bert_matches_torch(shared_data, tiny_bert_dir, capsys):
+    """``eval-sts`` on a real (random tiny) BERT folder; reference: PyTorch mean pooling + scipy."""
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    from jaxembed.eval import cli
+
+    parser = argparse.ArgumentParser()
+    cli.add_arguments(parser)
+    rc = cli.run(parser.parse_args(["--model", str(tiny_bert_dir), "--data-dir", str(shared_data / "senteval"),
+                                    "--pooling", "mean", "--tasks", "STSBenchmark", "--batch-size", "256",
+                                    "--json"]))
+    out = capsys.readouterr().out.strip().splitlines()
+    assert rc == 0
+    payload = json.loads(out[-1])
+    assert set(payload) == {"STSBenchmark", "Avg"} and payload["Avg"] == payload["STSBenchmark"]
+
+    s1, s2, gold = read_stsb(shared_data / "senteval/downstream/STS/STSBenchmark/sts-test.csv")
+    tok = transformers.AutoTokenizer.from_pretrained(tiny_bert_dir)
+    model = transformers.BertModel.from_pretrained(tiny_bert_dir).eval()
+
+    def encode(texts):
+        with torch.no_grad():
+            b = tok(texts, padding=True, truncation=True, max_length=128, return_tensors="pt")
+            h = model(**b).last_hidden_state.double()
+            m = b["attention_mask"].unsqueeze(-1).double()
+            return ((h * m).sum(1) / m.sum(1)).numpy()
+
+    e1, e2 = encode(s1), encode(s2)
+    cos = np.einsum("nd,nd->n", e1, e2) / np.linalg.norm(e1, axis=1) / np.linalg.norm(e2, axis=1)
+    # float32 (jax) vs float64-pooled (torch) embeddings: a near-tied pair of cosines may
+    # swap ranks, moving 100 rho by ~1e-4; observed difference ~6e-6
+    assert payload["STSBenchmark"] == pytest.approx(100 * scipy.stats.spearmanr(cos, gold)[0], abs=1e-3)
