@@ -97,7 +97,9 @@ def topk_scores(queries, keys, *, k: int, key_bias=None, query_block: int = 1024
         keys: [M, d].
         k: neighbours per query, 1 <= k <= M.
         key_bias: optional [M] subtracted from every score of key j (CSLS's r_S / 2).
-        query_block, key_block: block sizes; the score tile is query_block x key_block.
+        query_block, key_block: largest block sizes; N and M are split into the fewest
+            blocks of at most these sizes, of equal size (the last one padded), so the
+            score tile is at most query_block x key_block and one compilation serves all.
         mesh: optional ``jax.sharding.Mesh``; keys are split across all its devices.
 
     Returns:
@@ -120,15 +122,17 @@ def topk_scores(queries, keys, *, k: int, key_bias=None, query_block: int = 1024
         raise ValueError(f"key_bias must have shape ({m},), got {bias.shape}")
     flat = _flat_mesh(mesh)
     shards = 1 if flat is None else flat.size
+    # balanced blocks: as few as the block size allows, padding below one row per block
     per_shard = math.ceil(m / shards)
-    bk = min(key_block, per_shard)
-    n_blocks = math.ceil(per_shard / bk)
+    n_blocks = math.ceil(per_shard / key_block)
+    bk = math.ceil(per_shard / n_blocks)
     total = shards * n_blocks * bk
     # padded keys score -inf (bias +inf) and are never selected since k <= m
     kv = jnp.pad(kv, ((0, total - m), (0, 0))).reshape(shards * n_blocks, bk, kv.shape[1])
     bias = jnp.pad(bias, (0, total - m), constant_values=jnp.inf).reshape(shards * n_blocks, bk)
-    bq = min(query_block, max(n, 1))
-    n_padded = math.ceil(n / bq) * bq
+    n_qblocks = max(1, math.ceil(n / query_block))
+    bq = max(1, math.ceil(n / n_qblocks))
+    n_padded = n_qblocks * bq
     q = jnp.pad(q, ((0, n_padded - n), (0, 0)))
     if flat is not None:
         kv = jax.device_put(kv, NamedSharding(flat, P(_AXIS)))
