@@ -63,3 +63,31 @@ def l2_normalize(x, *, axis: int = -1, eps: float = 1e-12):
     """``x / max(||x||, eps)`` with a NaN-free gradient at ``x = 0`` (as ``torch.nn.functional.normalize``)."""
     sq = jnp.sum(x * x, axis=axis, keepdims=True)
     return x * jax.lax.rsqrt(jnp.maximum(sq, eps * eps))
+
+
+def explicit_replicated_sharding(x):
+    """``NamedSharding(mesh, P())`` if ``x``'s type carries an explicit sharding, else ``None``.
+
+    Pass it as ``out_sharding=`` of a contraction over an explicitly sharded
+    batch axis (a covariance ``Xᵀ X``), whose output sharding JAX will not guess.
+    """
+    sharding = getattr(jax.typeof(x), "sharding", None)
+    spec = getattr(sharding, "spec", None)
+    if spec is None or all(s is None for s in spec):
+        return None
+    from jax.sharding import NamedSharding, PartitionSpec
+
+    return NamedSharding(sharding.mesh, PartitionSpec())
+
+
+def replicate_explicit(x):
+    """Gather ``x`` onto every device if its type carries an explicit sharding.
+
+    Under a mesh with ``AxisType.Explicit`` axes (``jax.make_mesh``'s default)
+    an array sharded over the batch cannot meet another batch-sharded array in
+    a ``[B, D] @ [D, B]`` product; the candidates of a contrastive loss must be
+    replicated, which is the all-gather the loss means anyway. With ``Auto``
+    axes (GSPMD) or unsharded inputs this is a no-op and XLA decides.
+    """
+    replicated = explicit_replicated_sharding(x)
+    return x if replicated is None else jax.sharding.reshard(x, replicated)

@@ -20,6 +20,7 @@ from jaxembed.losses._checks import (
     check_positive_int,
     check_same_shape,
     l2_normalize,
+    replicate_explicit,
 )
 
 __all__ = ["info_nce"]
@@ -76,7 +77,9 @@ def _cross_entropy_rows(queries, candidates, positive_logit, labels, *, scale, c
 
 
 def _gather(x, axis_name):
-    return x if axis_name is None else jax.lax.all_gather(x, axis_name, axis=0, tiled=True)
+    if axis_name is None:
+        return replicate_explicit(x)
+    return jax.lax.all_gather(x, axis_name, axis=0, tiled=True)
 
 
 def info_nce(

@@ -10,7 +10,13 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from jaxembed.losses._checks import HIGHEST, as_float32, check_ndim, check_positive_int
+from jaxembed.losses._checks import (
+    HIGHEST,
+    as_float32,
+    check_ndim,
+    check_positive_int,
+    explicit_replicated_sharding,
+)
 from jaxembed.losses.whitening_matrices import METHODS, whitening_matrix
 
 __all__ = ["group_whitening", "shuffled_group_whitening", "group_covariance"]
@@ -43,7 +49,9 @@ def group_covariance(xg, *, axis_name=None):
     """
     n = _batch_sum(jnp.ones((xg.shape[0],), jnp.float32), axis_name)
     xc = xg - _batch_sum(xg, axis_name) / n
-    cov = jnp.einsum("bgi,bgj->gij", xc, xc, precision=HIGHEST)
+    replicated = explicit_replicated_sharding(xc)
+    extra = {} if replicated is None else {"out_sharding": replicated}
+    cov = jnp.einsum("bgi,bgj->gij", xc, xc, precision=HIGHEST, **extra)
     if axis_name is not None:
         cov = jax.lax.psum(cov, axis_name)
     cov = cov / n
