@@ -143,6 +143,28 @@ class Embeddings(nn.Module):
         return nn.with_logical_constraint(x, ("batch", "seq", "embed"))
 
 
+class DenseEinsum(nn.Module):
+    """``y = einsum(equation, x, kernel) + bias`` with multi-axis kernels, e.g.
+    ``[B, L, H] x [H, N, D] -> [B, L, N, D]``. (Used instead of ``nn.DenseGeneral``,
+    whose flat-then-reshape init trips logical sharding constraints under a mesh.)
+    ``bias`` has the kernel's trailing ``len(bias_axes)`` dims."""
+
+    equation: str
+    kernel_shape: tuple
+    kernel_axes: tuple
+    bias_axes: tuple
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x):
+        kernel = self.param("kernel", _kernel(self.kernel_axes), self.kernel_shape, self.param_dtype)
+        bias = self.param("bias", _zeros(self.bias_axes), self.kernel_shape[-len(self.bias_axes):],
+                          self.param_dtype)
+        y = jnp.einsum(self.equation, x.astype(self.dtype), kernel.astype(self.dtype))
+        return y + bias.astype(self.dtype)
+
+
 class SelfAttention(nn.Module):
     """Multi-head self-attention with a key padding mask; logits and softmax in float32.
 
@@ -160,9 +182,8 @@ class SelfAttention(nn.Module):
         heads, head_dim = cfg.num_attention_heads, cfg.head_dim
 
         def project(name):
-            y = nn.DenseGeneral((heads, head_dim), axis=-1, dtype=self.dtype,
-                                param_dtype=self.param_dtype, kernel_init=_kernel(("embed", "heads", "kv")),
-                                bias_init=_zeros(("heads", "kv")), name=name)(x)
+            y = DenseEinsum("blh,hnd->blnd", (cfg.hidden_size, heads, head_dim), ("embed", "heads", "kv"),
+                            ("heads", "kv"), self.dtype, self.param_dtype, name=name)(x)
             return nn.with_logical_constraint(y, ("batch", "seq", "heads", "kv"))
 
         q, k, v = project("query"), project("key"), project("value")
@@ -174,9 +195,8 @@ class SelfAttention(nn.Module):
         probs = nn.Dropout(cfg.attention_probs_dropout_prob)(probs, deterministic=deterministic)
         ctx = jnp.einsum("bhqk,bkhd->bqhd", probs.astype(self.dtype), v)
         ctx = nn.with_logical_constraint(ctx, ("batch", "seq", "heads", "kv"))
-        out = nn.DenseGeneral(cfg.hidden_size, axis=(-2, -1), dtype=self.dtype,
-                              param_dtype=self.param_dtype, kernel_init=_kernel(("heads", "kv", "embed")),
-                              bias_init=_zeros(("embed",)), name="output")(ctx)
+        out = DenseEinsum("blnd,ndh->blh", (heads, head_dim, cfg.hidden_size), ("heads", "kv", "embed"),
+                          ("embed",), self.dtype, self.param_dtype, name="output")(ctx)
         return nn.with_logical_constraint(out, ("batch", "seq", "embed"))
 
 
@@ -213,8 +233,8 @@ class Pooler(nn.Module):
 
     @nn.compact
     def __call__(self, cls_row):
-        y = nn.Dense(self.config.hidden_size, kernel_init=_kernel(("embed", None)),
-                     bias_init=_zeros((None,)), dtype=self.dtype, param_dtype=self.param_dtype,
+        y = nn.Dense(self.config.hidden_size, kernel_init=_kernel((None, "embed")),
+                     bias_init=_zeros(("embed",)), dtype=self.dtype, param_dtype=self.param_dtype,
                      name="dense")(cls_row)
         return jnp.tanh(y)
 

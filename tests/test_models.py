@@ -1,0 +1,310 @@
+"""Flax encoder vs PyTorch ``transformers``: hidden states, poolings, loading errors,
+dropout, bf16, remat, heads. Tiny random models built offline from HF configs."""
+
+from __future__ import annotations
+
+import json
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+import transformers
+
+from jaxembed.models.config import EncoderConfig
+from jaxembed.models.encoder import Encoder
+from jaxembed.models.heads import PairScoreHead, ProjectionHead
+from jaxembed.models.pooling import POOLING_METHODS, pool
+from jaxembed.models.weights import flax_to_hf, hf_to_flax, param_table, read_state_dict
+
+TOL = 1e-5
+KINDS = {
+    "bert": (transformers.BertConfig, transformers.BertModel, 2, 64),
+    "roberta": (transformers.RobertaConfig, transformers.RobertaModel, 1, 66),
+    "xlm-roberta": (transformers.XLMRobertaConfig, transformers.XLMRobertaModel, 1, 66),
+}
+
+
+def make_hf(kind, folder, rng, *, pooler=True, layers=4, model_cls=None, **save_kw):
+    """A random tiny HF model of ``kind`` saved to ``folder``; returns the torch model."""
+    config_cls, default_cls, type_vocab, positions = KINDS[kind]
+    torch.manual_seed(int(rng.integers(2**31)))
+    cfg = config_cls(vocab_size=97, hidden_size=32, num_hidden_layers=layers, num_attention_heads=4,
+                     intermediate_size=48, max_position_embeddings=positions, type_vocab_size=type_vocab,
+                     hidden_act="gelu")
+    if model_cls is None:
+        model = default_cls(cfg, add_pooling_layer=pooler).eval()
+    else:
+        model = model_cls(cfg).eval()
+    with torch.no_grad():  # non-trivial LayerNorm / bias values so a mis-mapping cannot hide
+        for name, p in model.named_parameters():
+            if name.endswith("bias") or "LayerNorm" in name:
+                p.add_(0.1 * torch.randn_like(p))
+    model.save_pretrained(folder, **save_kw)
+    return model
+
+
+def padded_batch(rng, *, pad, batch=4, length=12, vocab=97, type_vocab=2):
+    """Mixed-length batch: first row full, one row of length 2..3, rest random; ids avoid pad.
+
+    One fixed shape for every test so the eager per-op compilation cache is shared
+    (compiling is what costs time on a busy 2-core CI machine)."""
+    lengths = rng.integers(2, length + 1, size=batch)
+    lengths[0], lengths[-1] = length, rng.integers(2, 4)
+    ids = rng.integers(3, vocab, size=(batch, length))
+    mask = (np.arange(length)[None] < lengths[:, None]).astype(np.int64)
+    ids = np.where(mask == 1, ids, pad)
+    types = rng.integers(0, type_vocab, size=(batch, length)) * mask
+    return ids, mask, types
+
+
+def ref_pool(hs, pooler_output, mask, method):
+    """float64 NumPy pooling over HF hidden states."""
+    hs = [h.numpy().astype(np.float64) for h in hs]
+    m = mask.astype(np.float64)[..., None]
+    if method == "cls":
+        return pooler_output.numpy() if pooler_output is not None else hs[-1][:, 0]
+    if method == "cls_before_pooler":
+        return hs[-1][:, 0]
+    if method == "mean":
+        return (hs[-1] * m).sum(1) / m.sum(1)
+    if method == "max":
+        return np.where(m > 0, hs[-1], -np.inf).max(1)
+    if method == "last4_mean":
+        top = np.concatenate(hs[-4:], axis=-1)
+        m = m.copy()
+        m[:, 0] = 0
+        return (top * m).sum(1) / m.sum(1)
+    raise AssertionError(method)
+
+
+@pytest.mark.parametrize("kind,pooler", [("bert", True), ("roberta", True), ("xlm-roberta", False)])
+def test_parity_with_transformers(kind, pooler, tmp_path, rng):
+    model = make_hf(kind, tmp_path, rng, pooler=pooler)
+    enc = Encoder.from_pretrained(tmp_path)
+    assert enc.config.model_type == kind and enc.config.add_pooling_layer == pooler
+    ids, mask, types = padded_batch(rng, pad=enc.config.pad_token_id, type_vocab=KINDS[kind][2])
+    with torch.no_grad():
+        ref = model(torch.tensor(ids), attention_mask=torch.tensor(mask),
+                    token_type_ids=torch.tensor(types), output_hidden_states=True)
+    out = enc.apply(enc.params, ids, mask, types, output_hidden_states=True)
+    np.testing.assert_allclose(out.last_hidden_state, ref.last_hidden_state.numpy(), atol=TOL, rtol=0)
+    assert len(out.hidden_states) == len(ref.hidden_states) == 5
+    for ours, theirs in zip(out.hidden_states, ref.hidden_states):
+        np.testing.assert_allclose(ours, theirs.numpy(), atol=TOL, rtol=0)
+    if pooler:
+        np.testing.assert_allclose(out.pooler_output, ref.pooler_output.numpy(), atol=TOL, rtol=0)
+    else:
+        assert out.pooler_output is None
+    for method in POOLING_METHODS:
+        got = pool(out, jnp.asarray(mask), method)
+        want = ref_pool(ref.hidden_states, ref.pooler_output if pooler else None, mask, method)
+        assert got.dtype == jnp.float32
+        np.testing.assert_allclose(got, want, atol=TOL, rtol=0, err_msg=method)
+        e = enc.replace(pooling=method)
+        np.testing.assert_allclose(
+            e.embed(e.params, {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}),
+            want, atol=TOL, rtol=0, err_msg=method)
+
+
+def test_roberta_positions_count_non_pad_tokens(tmp_path, rng):
+    """Left padding moves RoBERTa positions but not the real tokens' outputs (HF semantics)."""
+    model = make_hf("roberta", tmp_path, rng)
+    enc = Encoder.from_pretrained(tmp_path)
+    ids = rng.integers(3, 97, size=(4, 12))
+    ids[1, :4] = 1
+    ids[3, :7] = 1  # left-padded second row
+    mask = (ids != 1).astype(np.int64)
+    with torch.no_grad():
+        ref = model(torch.tensor(ids), attention_mask=torch.tensor(mask)).last_hidden_state.numpy()
+    out = enc.apply(enc.params, ids, mask).last_hidden_state
+    np.testing.assert_allclose(out, ref, atol=TOL, rtol=0)
+
+
+def test_weight_mapping_round_trip(tmp_path, rng):
+    make_hf("bert", tmp_path, rng)
+    cfg = EncoderConfig.from_file(tmp_path / "config.json")
+    state = {k: v for k, v in read_state_dict(tmp_path).items() if k != "embeddings.position_ids"}
+    back = flax_to_hf(hf_to_flax(state, cfg), cfg)
+    assert set(back) == set(state)
+    for k in state:
+        np.testing.assert_array_equal(back[k], state[k], err_msg=k)
+    assert len(param_table(cfg)) == len(jax.tree.leaves(hf_to_flax(state, cfg)))
+
+
+def _rewrite(folder, edit):
+    from safetensors.numpy import save_file
+
+    state = read_state_dict(folder)
+    edit(state)
+    save_file(state, str(folder / "model.safetensors"), metadata={"format": "pt"})
+
+
+def test_missing_weight_is_named(tmp_path, rng):
+    make_hf("bert", tmp_path, rng)
+    _rewrite(tmp_path, lambda s: s.pop("encoder.layer.1.output.dense.bias"))
+    with pytest.raises(ValueError, match=r"missing keys \['encoder\.layer\.1\.output\.dense\.bias'\]"):
+        Encoder.from_pretrained(tmp_path)
+
+
+def test_misshaped_weight_is_named(tmp_path, rng):
+    make_hf("bert", tmp_path, rng)
+
+    def edit(s):
+        s["encoder.layer.0.attention.self.key.weight"] = rng.standard_normal((32, 31)).astype(np.float32)
+
+    _rewrite(tmp_path, edit)
+    with pytest.raises(ValueError, match=r"encoder\.layer\.0\.attention\.self\.key\.weight: "
+                                         r"expected \(32, 32\), found \(32, 31\)"):
+        Encoder.from_pretrained(tmp_path)
+
+
+def test_unexpected_weight_is_named(tmp_path, rng):
+    make_hf("bert", tmp_path, rng)
+
+    def edit(s):
+        s["encoder.layer.0.adapter.weight"] = rng.standard_normal((4, 4)).astype(np.float32)
+
+    _rewrite(tmp_path, edit)
+    with pytest.raises(ValueError, match=r"unexpected keys \['encoder\.layer\.0\.adapter\.weight'\]"):
+        Encoder.from_pretrained(tmp_path)
+
+
+def test_unsupported_model_type(tmp_path, rng):
+    make_hf("bert", tmp_path, rng)
+    cfg = json.loads((tmp_path / "config.json").read_text())
+    cfg["model_type"] = "gpt2"
+    (tmp_path / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ValueError, match="unsupported model_type 'gpt2'"):
+        Encoder.from_pretrained(tmp_path)
+
+
+def test_mlm_checkpoint_prefix_and_heads_ignored(tmp_path, rng):
+    """``bert.`` prefix stripped, ``cls.predictions.*`` ignored."""
+    model = make_hf("bert", tmp_path, rng, model_cls=transformers.BertForMaskedLM)
+    keys = read_state_dict(tmp_path)
+    assert any(k.startswith("bert.") for k in keys) and any(k.startswith("cls.") for k in keys)
+    enc = Encoder.from_pretrained(tmp_path)
+    ids, mask, _ = padded_batch(rng, pad=0)
+    with torch.no_grad():
+        ref = model.bert(torch.tensor(ids), attention_mask=torch.tensor(mask)).last_hidden_state.numpy()
+    np.testing.assert_allclose(enc.apply(enc.params, ids, mask).last_hidden_state, ref, atol=TOL, rtol=0)
+
+
+def test_pytorch_bin_and_sharded_safetensors(tmp_path, rng):
+    model = make_hf("bert", tmp_path / "st", rng)
+    ids, mask, _ = padded_batch(rng, pad=0)
+    with torch.no_grad():
+        ref = model(torch.tensor(ids), attention_mask=torch.tensor(mask)).last_hidden_state.numpy()
+    # pytorch_model.bin only (loaded with weights_only=True)
+    (tmp_path / "bin").mkdir()
+    (tmp_path / "bin" / "config.json").write_text((tmp_path / "st" / "config.json").read_text())
+    torch.save(model.state_dict(), tmp_path / "bin" / "pytorch_model.bin")
+    # sharded safetensors with an index
+    model.save_pretrained(tmp_path / "sharded", max_shard_size="40KB")
+    assert (tmp_path / "sharded" / "model.safetensors.index.json").is_file()
+    for sub in ("bin", "sharded"):
+        enc = Encoder.from_pretrained(tmp_path / sub)
+        np.testing.assert_allclose(enc.apply(enc.params, ids, mask).last_hidden_state, ref,
+                                   atol=TOL, rtol=0, err_msg=sub)
+
+
+def test_dropout_rng_semantics(tmp_path, rng):
+    make_hf("bert", tmp_path, rng, layers=2)
+    enc = Encoder.from_pretrained(tmp_path)
+    ids, mask, _ = padded_batch(rng, pad=0)
+    batch = {"input_ids": ids, "attention_mask": mask}
+    k1, k2 = jax.random.split(jax.random.key(int(rng.integers(2**31))))
+    f = enc.embed
+    a = f(enc.params, batch, deterministic=False, dropout_rng=k1)
+    b = f(enc.params, batch, deterministic=False, dropout_rng=k1)
+    c = f(enc.params, batch, deterministic=False, dropout_rng=k2)
+    d = f(enc.params, batch)
+    np.testing.assert_array_equal(a, b)
+    assert np.abs(np.asarray(a) - np.asarray(c)).max() > 1e-3
+    assert np.abs(np.asarray(a) - np.asarray(d)).max() > 1e-3
+    np.testing.assert_allclose(d, f(enc.params, batch), atol=0)
+    with pytest.raises(ValueError, match="dropout_rng"):
+        enc.embed(enc.params, batch, deterministic=False)
+
+
+def test_bf16_compute_close_to_float32(tmp_path, rng):
+    make_hf("bert", tmp_path, rng, layers=2)
+    e32 = Encoder.from_pretrained(tmp_path, pooling="mean")
+    e16 = Encoder.from_pretrained(tmp_path, pooling="mean", dtype=jnp.bfloat16)
+    assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(e16.params))
+    ids, mask, _ = padded_batch(rng, pad=0)
+    out16 = e16.apply(e16.params, ids, mask)
+    assert out16.last_hidden_state.dtype == jnp.bfloat16
+    z16 = e16.embed(e16.params, {"input_ids": ids, "attention_mask": mask})
+    z32 = e32.embed(e32.params, {"input_ids": ids, "attention_mask": mask})
+    assert z16.dtype == jnp.float32 and np.isfinite(np.asarray(z16)).all()
+    scale = np.abs(np.asarray(z32)).max()
+    err = np.abs(np.asarray(z16) - np.asarray(z32)).max()
+    assert 0 < err < 0.05 * scale
+
+
+def test_remat_checkpoints_layers_and_keeps_values(tmp_path, rng):
+    """remat=True wraps each layer in jax.checkpoint (seen in the grad jaxpr) and changes
+    no value. (Gradient equality under checkpointing is JAX's guarantee; compiling two
+    backward passes here would cost ~40 s on the shared CI cores.)"""
+    make_hf("bert", tmp_path, rng, layers=2)
+    plain = Encoder.from_pretrained(tmp_path)
+    remat = Encoder.from_pretrained(tmp_path, remat=True)
+    assert jax.tree.structure(plain.params) == jax.tree.structure(remat.params)
+    ids, mask, _ = padded_batch(rng, pad=0)
+    batch = {"input_ids": ids, "attention_mask": mask}
+    key = jax.random.key(int(rng.integers(2**31)))
+    outs = [e.embed(e.params, batch) for e in (plain, remat)]
+    np.testing.assert_allclose(outs[0], outs[1], atol=1e-6, rtol=0)
+
+    def grad_jaxpr(enc):
+        loss = lambda p: jnp.sum(enc.embed(p, batch, deterministic=False, dropout_rng=key))
+        return str(jax.make_jaxpr(jax.grad(loss))(enc.params))
+
+    assert grad_jaxpr(remat).count("checkpoint") + grad_jaxpr(remat).count("remat") >= 2
+    assert "checkpoint" not in grad_jaxpr(plain) and "remat" not in grad_jaxpr(plain)
+
+
+def test_logical_axes_on_every_param(tmp_path, rng):
+    make_hf("bert", tmp_path, rng, layers=2)
+    enc = Encoder.from_pretrained(tmp_path)
+    axes = enc.param_axes()
+    specs = jax.tree.leaves(axes, is_leaf=lambda x: isinstance(x, jax.sharding.PartitionSpec))
+    assert jax.tree.structure(enc.params) == jax.tree.structure(
+        axes, is_leaf=lambda x: isinstance(x, jax.sharding.PartitionSpec))
+    allowed = {"batch", "seq", "embed", "heads", "kv", "mlp", "vocab", None}
+    for spec, leaf in zip(specs, jax.tree.leaves(enc.params)):
+        assert len(spec) == leaf.ndim and set(spec) <= allowed and set(spec) != {None}
+    # the rules table maps them onto a mesh, and sharded compute equals unsharded
+    mesh = jax.make_mesh((2, 4), ("data", "fsdp"), axis_types=(jax.sharding.AxisType.Auto,) * 2)
+    rules = (("batch", "data"), ("embed", "fsdp"), ("vocab", None), ("mlp", None),
+             ("heads", None), ("kv", None), ("seq", None))
+    shardings = nn.logical_to_mesh_sharding(axes, mesh, rules)
+    params = jax.device_put(enc.params, shardings)
+    ids, mask, _ = padded_batch(rng, pad=0)
+    batch = {"input_ids": ids, "attention_mask": mask}
+    with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+        sharded = jax.jit(enc.embed)(params, batch)
+    np.testing.assert_allclose(sharded, enc.embed(enc.params, batch), atol=1e-5, rtol=0)
+
+
+def test_projection_and_pair_heads(rng):
+    x = rng.standard_normal((5, 6)).astype(np.float32)
+    head = ProjectionHead(7)
+    v = nn.meta.unbox(head.init(jax.random.key(int(rng.integers(2**31))), x))
+    w, b = v["params"]["dense"]["kernel"], v["params"]["dense"]["bias"]
+    np.testing.assert_allclose(head.apply(v, x), np.tanh(x.astype(np.float64) @ w + b), atol=1e-6)
+
+    u, t = rng.standard_normal((2, 5, 6)).astype(np.float32)
+    pair = PairScoreHead(hidden=9, out=3)
+    v = nn.meta.unbox(pair.init(jax.random.key(int(rng.integers(2**31))), u, t))
+    p = jax.tree.map(lambda a: np.asarray(a, np.float64), v["params"])
+    feats = np.concatenate([u, t, u * t, np.abs(u - t)], axis=1).astype(np.float64)
+    hid = np.maximum(feats @ p["hidden"]["kernel"] + p["hidden"]["bias"], 0)
+    want = hid @ p["out"]["kernel"] + p["out"]["bias"]
+    np.testing.assert_allclose(pair.apply(v, u, t), want, atol=1e-5)
+    with pytest.raises(ValueError, match="u and v"):
+        pair.apply(v, u, t[:, :5])
