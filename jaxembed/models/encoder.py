@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import copy
+import functools
 import json
 import pathlib
 import warnings
@@ -65,6 +66,13 @@ def _load_tokenizer(folder: pathlib.Path):
     return tok
 
 
+def _check_pooling(pooling: str, config: EncoderConfig) -> None:
+    if pooling not in POOLING_METHODS:
+        raise ValueError(f"unknown pooling {pooling!r}; choose from {POOLING_METHODS}")
+    if pooling == "last4_mean" and config.num_hidden_layers < 4:
+        raise ValueError(f"last4_mean needs >= 4 layers, model has {config.num_hidden_layers}")
+
+
 def _check_texts(texts) -> list[str]:
     if isinstance(texts, (str, bytes)):
         raise TypeError("texts must be a sequence of str, not a single string")
@@ -89,10 +97,7 @@ class Encoder:
                  pooling: str = "mean", normalize: bool = False, max_length: Optional[int] = None,
                  do_lower_case: bool = False, strip_text: bool = False,
                  hf_config: Optional[dict] = None):
-        if pooling not in POOLING_METHODS:
-            raise ValueError(f"unknown pooling {pooling!r}; choose from {POOLING_METHODS}")
-        if pooling == "last4_mean" and module.config.num_hidden_layers < 4:
-            raise ValueError(f"last4_mean needs >= 4 layers, model has {module.config.num_hidden_layers}")
+        _check_pooling(pooling, module.config)
         self.module = module
         self.params = params
         self.config: EncoderConfig = module.config
@@ -109,8 +114,6 @@ class Encoder:
         self.do_lower_case = do_lower_case
         self.strip_text = strip_text
         self._hf_config = dict(hf_config or {})
-        self._jit_encode = None
-        self._trace_count = 0  # how often the encode step was traced (= compiled)
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -164,9 +167,7 @@ class Encoder:
         for k, v in changes.items():
             setattr(new, k, v)
         new.config = new.module.config
-        if new.pooling not in POOLING_METHODS:
-            raise ValueError(f"unknown pooling {new.pooling!r}; choose from {POOLING_METHODS}")
-        new._jit_encode, new._trace_count = None, 0
+        _check_pooling(new.pooling, new.config)
         return new
 
     # ------------------------------------------------------------------ properties
@@ -198,26 +199,17 @@ class Encoder:
 
         ``deterministic=False`` turns dropout on and needs ``dropout_rng``.
         """
-        rngs = None
-        if not deterministic:
-            if dropout_rng is None:
-                raise ValueError("deterministic=False needs a dropout_rng")
-            rngs = {"dropout": dropout_rng}
-        return self.module.apply({"params": params}, jnp.asarray(input_ids), jnp.asarray(attention_mask),
-                                 None if token_type_ids is None else jnp.asarray(token_type_ids),
-                                 deterministic=deterministic,
-                                 output_hidden_states=output_hidden_states, rngs=rngs)
+        return _apply(self.module, params, input_ids, attention_mask, token_type_ids,
+                      deterministic=deterministic, dropout_rng=dropout_rng,
+                      output_hidden_states=output_hidden_states)
 
     def embed(self, params, batch: dict, *, deterministic: bool = True,
               dropout_rng: Optional[jax.Array] = None) -> jax.Array:
         """``batch`` (``input_ids``, ``attention_mask``, optional ``token_type_ids``, each
         [B, L]) -> [B, dim] float32: pooled with ``self.pooling``, L2-normalised if
         ``self.normalize``. Pure; ``jax.jit(enc.embed)`` works."""
-        out = self.apply(params, batch["input_ids"], batch["attention_mask"], batch.get("token_type_ids"),
-                         deterministic=deterministic, dropout_rng=dropout_rng,
-                         output_hidden_states=self.pooling == "last4_mean")
-        z = pool(out, jnp.asarray(batch["attention_mask"]), self.pooling)
-        return l2_normalize(z) if self.normalize else z
+        return _embed(self.module, self.pooling, self.normalize, params, batch,
+                      deterministic=deterministic, dropout_rng=dropout_rng)
 
     # ------------------------------------------------------------------ tokenisation
     def _preprocess(self, text: str) -> str:
@@ -275,15 +267,11 @@ class Encoder:
         return batch
 
     # ------------------------------------------------------------------ inference
-    def _encode_step(self):
-        if self._jit_encode is None:
-            def step(params, input_ids, attention_mask, token_type_ids):
-                self._trace_count += 1
-                return self.embed(params, {"input_ids": input_ids, "attention_mask": attention_mask,
-                                           "token_type_ids": token_type_ids})
-
-            self._jit_encode = jax.jit(step)
-        return self._jit_encode
+    @property
+    def _trace_count(self) -> int:
+        """How often the encode step for this (module, pooling, normalize) was traced,
+        i.e. compiled; shared by encoders that differ only in params."""
+        return _encode_step(self.module, self.pooling, self.normalize).traces
 
     def encode(self, texts: Sequence[str], *, batch_size: int = 64, max_length: Optional[int] = None,
                progress: bool = False) -> np.ndarray:
@@ -306,7 +294,7 @@ class Encoder:
             return out
         order = np.argsort([-len(t) for t in texts], kind="stable")
         chunks = [order[i: i + batch_size] for i in range(0, n, batch_size)]
-        step = self._encode_step()
+        step = _encode_step(self.module, self.pooling, self.normalize)
 
         def prepare(idx):
             rows = buckets.row_bucket(len(idx), batch_size=batch_size)
@@ -370,6 +358,51 @@ class Encoder:
         return (f"Encoder({c.model_type}, layers={c.num_hidden_layers}, hidden={c.hidden_size}, "
                 f"pooling={self.pooling!r}, normalize={self.normalize}, max_length={self.max_length}, "
                 f"dtype={jnp.dtype(self.module.dtype).name})")
+
+
+def _apply(module, params, input_ids, attention_mask, token_type_ids=None, *, deterministic=True,
+           dropout_rng=None, output_hidden_states=False) -> EncoderOutput:
+    rngs = None
+    if not deterministic:
+        if dropout_rng is None:
+            raise ValueError("deterministic=False needs a dropout_rng")
+        rngs = {"dropout": dropout_rng}
+    return module.apply({"params": params}, jnp.asarray(input_ids), jnp.asarray(attention_mask),
+                        None if token_type_ids is None else jnp.asarray(token_type_ids),
+                        deterministic=deterministic, output_hidden_states=output_hidden_states,
+                        rngs=rngs)
+
+
+def _embed(module, pooling, normalize, params, batch, *, deterministic=True, dropout_rng=None):
+    out = _apply(module, params, batch["input_ids"], batch["attention_mask"], batch.get("token_type_ids"),
+                 deterministic=deterministic, dropout_rng=dropout_rng,
+                 output_hidden_states=pooling == "last4_mean")
+    z = pool(out, jnp.asarray(batch["attention_mask"]), pooling)
+    return l2_normalize(z) if normalize else z
+
+
+class _EncodeStep:
+    """``jit``-ed inference step for one (module, pooling, normalize), with a trace counter."""
+
+    def __init__(self, module, pooling, normalize):
+        self.traces = 0
+
+        def step(params, input_ids, attention_mask, token_type_ids):
+            self.traces += 1
+            return _embed(module, pooling, normalize, params, {
+                "input_ids": input_ids, "attention_mask": attention_mask, "token_type_ids": token_type_ids})
+
+        self.fn = jax.jit(step)
+
+    def __call__(self, *args):
+        return self.fn(*args)
+
+
+@functools.lru_cache(maxsize=64)
+def _encode_step(module, pooling: str, normalize: bool) -> _EncodeStep:
+    """Shared across encoders (modules compare by config), so ``replace(params=...)`` or
+    reloading a saved copy reuses the compiled executables."""
+    return _EncodeStep(module, pooling, normalize)
 
 
 def _collect(out: np.ndarray, result, idx: np.ndarray, bar) -> None:

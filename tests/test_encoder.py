@@ -1,0 +1,173 @@
+"""``Encoder`` API: tokenisation, bucketed ``encode`` vs PyTorch, bad input, export to
+transformers / sentence-transformers, and all-MiniLM-L6-v2 vs ``SentenceTransformer``."""
+
+from __future__ import annotations
+
+import json
+
+import jax
+import numpy as np
+import pytest
+import torch
+import transformers
+
+from jaxembed.models import buckets
+from jaxembed.models.encoder import Encoder
+
+WORDS = ("the a man woman dog plays guitar slices onion river bank quickly under over red "
+         "blue jumps runs happily zebra quantum xylophone tokenisation 42 , . !").split()
+
+
+def random_texts(rng, n, *, max_words=20):
+    return [" ".join(rng.choice(WORDS, size=int(rng.integers(1, max_words + 1)))) for _ in range(n)]
+
+
+def torch_embed(folder, texts, *, pooling, normalize, max_length=128):
+    """Reference: HF tokenizer (pad to longest) + transformers BertModel, float64 pooling."""
+    tok = transformers.AutoTokenizer.from_pretrained(str(folder))
+    model = transformers.AutoModel.from_pretrained(str(folder)).eval()
+    b = tok(texts, padding=True, truncation=True, max_length=max_length, return_tensors="pt")
+    with torch.no_grad():
+        out = model(**b)
+    h = out.last_hidden_state.numpy().astype(np.float64)
+    m = b["attention_mask"].numpy().astype(np.float64)[..., None]
+    z = {"mean": lambda: (h * m).sum(1) / m.sum(1),
+         "max": lambda: np.where(m > 0, h, -np.inf).max(1),
+         "cls_before_pooler": lambda: h[:, 0],
+         "cls": lambda: out.pooler_output.numpy().astype(np.float64)}[pooling]()
+    return z / np.linalg.norm(z, axis=1, keepdims=True) if normalize else z
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_bert_dir):
+    return Encoder.from_pretrained(tiny_bert_dir)
+
+
+def test_defaults_for_plain_hf_folder(tiny):
+    assert tiny.pooling == "mean" and tiny.normalize is False
+    assert tiny.max_length == 128 and tiny.hidden_size == tiny.dim == 32
+    assert tiny.config.add_pooling_layer
+
+
+def test_tokenize_buckets_and_matches_hf(tiny, tiny_bert_dir, rng):
+    texts = random_texts(rng, 7)
+    ref = transformers.AutoTokenizer.from_pretrained(str(tiny_bert_dir))(texts, padding=True)
+    longest = len(ref["input_ids"][0])
+    b = tiny.tokenize(texts)
+    L = b["input_ids"].shape[1]
+    assert L == buckets.bucket_for(longest, buckets.length_buckets(128)) and L >= 8
+    for k in ("input_ids", "attention_mask", "token_type_ids"):
+        assert b[k].dtype == np.int32 and b[k].shape == (7, L)
+        np.testing.assert_array_equal(b[k][:, :longest], ref[k])
+        np.testing.assert_array_equal(b[k][:, longest:], 0)
+    assert tiny.tokenize(texts, pad_to=longest + 3)["input_ids"].shape == (7, longest + 3)
+    with pytest.raises(ValueError, match="pad_to"):
+        tiny.tokenize(texts, pad_to=longest - 1)
+
+
+@pytest.mark.parametrize("pooling,normalize", [("mean", False), ("cls", True)])
+def test_encode_matches_torch_and_restores_order(tiny, tiny_bert_dir, rng, pooling, normalize):
+    enc = tiny.replace(pooling=pooling, normalize=normalize)
+    texts = random_texts(rng, 21)
+    got = enc.encode(texts, batch_size=8)
+    assert got.dtype == np.float32 and got.shape == (21, 32)
+    want = torch_embed(tiny_bert_dir, texts, pooling=pooling, normalize=normalize)
+    np.testing.assert_allclose(got, want, atol=1e-5, rtol=0)
+
+
+def test_encode_compiles_once_per_bucket(tiny, rng):
+    enc = tiny.replace(params=jax.tree.map(lambda a: a * 1.0, tiny.params), pooling="max")
+    texts = random_texts(rng, 40, max_words=40)
+    before = enc._trace_count
+    first = enc.encode(texts, batch_size=8)
+    # shapes the plan must produce: per sorted batch, (row bucket, length bucket)
+    order = np.argsort([-len(t) for t in texts], kind="stable")
+    shapes = set()
+    for i in range(0, 40, 8):
+        chunk = [texts[j] for j in order[i: i + 8]]
+        shapes.add(enc.tokenize(chunk)["input_ids"].shape[1])
+    assert enc._trace_count - before == len(shapes) <= len(buckets.length_buckets(128))
+    again = enc.encode(list(reversed(texts)), batch_size=8)
+    assert enc._trace_count - before == len(shapes)  # nothing new to compile
+    np.testing.assert_allclose(again[::-1], first, atol=1e-6, rtol=0)
+
+
+def test_bad_inputs(tiny, tiny_bert_dir):
+    assert tiny.encode([]).shape == (0, 32)
+    with pytest.raises(TypeError, match=r"texts\[2\] is int"):
+        tiny.encode(["a", "b", 3])
+    with pytest.raises(TypeError, match="single string"):
+        tiny.encode("a dog")
+    empty = tiny.encode(["", "a dog runs"], batch_size=4)
+    assert np.isfinite(empty).all() and np.abs(empty[0]).max() > 0
+    np.testing.assert_allclose(empty, torch_embed(tiny_bert_dir, ["", "a dog runs"], pooling="mean",
+                                                  normalize=False), atol=1e-5, rtol=0)
+    long = " ".join(["river"] * 5000)
+    with pytest.warns(UserWarning, match=r"1 text\(s\) longer than max_length=128"):
+        got = tiny.encode([long, "short one"], batch_size=4)
+    want = torch_embed(tiny_bert_dir, [long, "short one"], pooling="mean", normalize=False)
+    np.testing.assert_allclose(got, want, atol=1e-5, rtol=0)
+    with pytest.warns(UserWarning, match="truncated"):
+        assert tiny.tokenize([long])["input_ids"].shape == (1, 128)
+    for make in (lambda: tiny.replace(pooling="last4_mean"),
+                 lambda: Encoder.from_pretrained(tiny_bert_dir, pooling="last4_mean")):
+        with pytest.raises(ValueError, match="last4_mean needs >= 4 layers"):
+            make()
+    with pytest.raises(ValueError, match="unknown pooling 'avg'"):
+        tiny.replace(pooling="avg")
+
+
+def test_progress_bar(tiny, capsys, rng):
+    tiny.encode(random_texts(rng, 3), progress=True)
+    assert "encode" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("pooling,normalize", [("mean", True), ("cls", False), ("cls_before_pooler", True),
+                                               ("max", False)])
+def test_export_reloads_in_jaxembed_transformers_and_sentence_transformers(
+        tiny, tiny_bert_dir, tmp_path, rng, pooling, normalize):
+    from sentence_transformers import SentenceTransformer
+
+    # perturb the weights so the export must write our params, not copy the source files
+    params = jax.tree.map(lambda a: a + 0.02 * rng.standard_normal(a.shape).astype(np.float32), tiny.params)
+    enc = tiny.replace(params=params, pooling=pooling, normalize=normalize, max_length=64)
+    enc.save_pretrained(tmp_path)
+    texts = random_texts(rng, 6)
+    ours = enc.encode(texts)
+
+    back = Encoder.from_pretrained(tmp_path)
+    assert (back.pooling, back.normalize, back.max_length) == (pooling, normalize, 64)
+    np.testing.assert_allclose(back.encode(texts), ours, atol=1e-6, rtol=0)
+
+    b = enc.tokenize(texts)
+    hf = transformers.AutoModel.from_pretrained(str(tmp_path)).eval()
+    with torch.no_grad():
+        h = hf(**{k: torch.tensor(v, dtype=torch.long) for k, v in b.items()}).last_hidden_state.numpy()
+    out = enc.apply(params, b["input_ids"], b["attention_mask"], b["token_type_ids"])
+    np.testing.assert_allclose(out.last_hidden_state, h, atol=1e-5, rtol=0)
+
+    st = SentenceTransformer(str(tmp_path), device="cpu")
+    assert st.max_seq_length == 64
+    np.testing.assert_allclose(st.encode(texts, batch_size=4), ours, atol=1e-5, rtol=0)
+    modules = [m["type"].rsplit(".", 1)[-1] for m in json.loads((tmp_path / "modules.json").read_text())]
+    assert modules[:2] == ["Transformer", "Pooling"] and ("Normalize" in modules) == normalize
+    assert ("Dense" in modules) == (pooling == "cls")
+
+
+def test_minilm_matches_sentence_transformers(minilm_path, shared_data):
+    """all-MiniLM-L6-v2 with no extra arguments == SentenceTransformer.encode on 250 STS-B dev sentences."""
+    from sentence_transformers import SentenceTransformer
+
+    sents = []
+    with open(shared_data / "sts_raw" / "STSBenchmark" / "sts-dev.csv", encoding="utf-8") as f:
+        for line in f:
+            cols = line.rstrip("\n").split("\t")
+            sents.extend(cols[5:7])
+            if len(sents) >= 250:
+                break
+    enc = Encoder.from_pretrained(minilm_path)
+    assert (enc.pooling, enc.normalize, enc.max_length) == ("mean", True, 256)
+    ours = enc.encode(sents, batch_size=128)
+    st = SentenceTransformer(str(minilm_path), device="cpu").encode(sents, batch_size=128)
+    assert ours.shape == st.shape == (250, 384)
+    np.testing.assert_allclose(ours, st, atol=1e-5, rtol=0)
