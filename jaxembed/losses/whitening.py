@@ -22,40 +22,68 @@ from jaxembed.losses.whitening_matrices import METHODS, whitening_matrix
 __all__ = ["group_whitening", "shuffled_group_whitening", "group_covariance"]
 
 
-def _split_groups(x, num_groups):
-    b, d = x.shape
+def _check_groups(x, num_groups) -> int:
+    d = x.shape[-1]
     g = check_positive_int(num_groups, "num_groups")
     if d % g:
         raise ValueError(f"x has shape {tuple(x.shape)}: its {d} channels do not split into num_groups={g} equal groups")
-    return x.reshape(b, g, d // g)
+    return g
 
 
-def _batch_sum(x, axis_name):
-    s = jnp.sum(x, axis=0)
+def _batch_sum(x, axis, axis_name):
+    s = jnp.sum(x, axis=axis, keepdims=True)
     return s if axis_name is None else jax.lax.psum(s, axis_name)
 
 
-def group_covariance(xg, *, axis_name=None):
-    """Centred inputs and biased covariances of grouped rows.
+def group_covariance(xt, *, axis_name=None):
+    """Centred inputs and biased covariances of channel groups, channels first.
 
     Args:
-      xg: [B, G, c] float32.
+      xt: [G, c, B] float32 (group, channel within group, batch row). This
+        layout makes both products plain batched matmuls (``A Aᵀ``, ``Wᵀ A``).
       axis_name: batch split over this mapped axis: sums are ``psum``-ed so the
         mean and covariance are those of the global batch.
 
     Returns:
-      ``(xc, cov)``: ``xc`` [B, G, c] centred over the (global) batch and
-      ``cov`` [G, c, c] ``= xcᵀ xc / B`` (divided by B, not B - 1).
+      ``(xc, cov)``: ``xc`` [G, c, B] centred over the (global) batch and
+      ``cov`` [G, c, c] ``= xc xcᵀ / B`` (divided by B, not B - 1).
     """
-    n = _batch_sum(jnp.ones((xg.shape[0],), jnp.float32), axis_name)
-    xc = xg - _batch_sum(xg, axis_name) / n
+    n = _batch_sum(jnp.ones((xt.shape[-1],), jnp.float32), 0, axis_name)[0]
+    xc = xt - _batch_sum(xt, -1, axis_name) / n
     replicated = explicit_replicated_sharding(xc)
     extra = {} if replicated is None else {"out_sharding": replicated}
-    cov = jnp.einsum("bgi,bgj->gij", xc, xc, precision=HIGHEST, **extra)
+    cov = jnp.einsum("gib,gjb->gij", xc, xc, precision=HIGHEST, **extra)
     if axis_name is not None:
         cov = jax.lax.psum(cov, axis_name)
-    cov = cov / n
-    return xc, cov
+    return xc, cov / n
+
+
+def _whiten_channels_first(xt, *, num_groups, eps, method, stop_gradient, iterations, axis_name):
+    """[D, B] -> [D, B]: the whole algorithm on the transposed batch."""
+    d, b = xt.shape
+    xc, cov = group_covariance(xt.reshape(num_groups, d // num_groups, b), axis_name=axis_name)
+    if stop_gradient:
+        cov = jax.lax.stop_gradient(cov)
+    w = whitening_matrix(cov, eps=eps, method=method, iterations=iterations)
+    return jnp.einsum("gij,gib->gjb", w, xc, precision=HIGHEST).reshape(d, b)
+
+
+@jax.custom_vjp
+def _take_rows(x, index, inverse):
+    """``x[index]`` for a permutation ``index`` whose transpose is the gather ``g[inverse]`` (no scatter-add)."""
+    return x[index]
+
+
+def _take_rows_fwd(x, index, inverse):
+    return x[index], (index, inverse)
+
+
+def _take_rows_bwd(res, g):
+    index, inverse = res
+    return g[inverse], None, None
+
+
+_take_rows.defvjp(_take_rows_fwd, _take_rows_bwd)
 
 
 def group_whitening(
@@ -108,13 +136,12 @@ def group_whitening(
         raise ValueError(f"method must be one of {list(METHODS)}, got {method!r}")
     x = as_float32(x, "x")
     check_ndim(x, 2, "x", "[B, D]")
-    xg = _split_groups(x, num_groups)
-    xc, cov = group_covariance(xg, axis_name=axis_name)
-    if stop_gradient:
-        cov = jax.lax.stop_gradient(cov)
-    w = whitening_matrix(cov, eps=eps, method=method, iterations=iterations)
-    out = jnp.einsum("bgi,gij->bgj", xc, w, precision=HIGHEST)
-    return out.reshape(x.shape)
+    g = _check_groups(x, num_groups)
+    out = _whiten_channels_first(
+        x.T, num_groups=g, eps=eps, method=method, stop_gradient=stop_gradient,
+        iterations=iterations, axis_name=axis_name,
+    )
+    return out.T
 
 
 def shuffled_group_whitening(
@@ -131,7 +158,7 @@ def shuffled_group_whitening(
     r"""Shuffled group whitening (SGW): whiten a random channel grouping.
 
     ``perm = jax.random.permutation(key, D)``; ``z = group_whitening(x[:, perm])``;
-    returns ``z[:, argsort(perm)]`` so channel ``j`` of the output belongs to
+    returns ``z[:, argsort(perm)]`` (the inverse permutation, built by a scatter) so channel ``j`` of the output belongs to
     channel ``j`` of the input. Arguments as :func:`group_whitening`; ``key`` is
     a PRNG key (under ``shard_map`` it must be the same on every device).
 
@@ -146,16 +173,15 @@ def shuffled_group_whitening(
     References:
       Zhuo et al. 2023, "WhitenedCSE", Sec. 3 (shuffled group whitening).
     """
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {list(METHODS)}, got {method!r}")
     x = as_float32(x, "x")
     check_ndim(x, 2, "x", "[B, D]")
+    g = _check_groups(x, num_groups)
     perm = jax.random.permutation(key, x.shape[-1])
-    z = group_whitening(
-        x[:, perm],
-        num_groups=num_groups,
-        eps=eps,
-        method=method,
-        stop_gradient=stop_gradient,
-        iterations=iterations,
-        axis_name=axis_name,
+    inverse = jnp.zeros_like(perm).at[perm].set(jnp.arange(perm.shape[0], dtype=perm.dtype), unique_indices=True)
+    out = _whiten_channels_first(
+        _take_rows(x.T, perm, inverse), num_groups=g, eps=eps, method=method,
+        stop_gradient=stop_gradient, iterations=iterations, axis_name=axis_name,
     )
-    return z[:, jnp.argsort(perm)]
+    return _take_rows(out, inverse, perm).T
