@@ -19,7 +19,7 @@ SICK-R test average 81.57 (Table 5).
 Hardware: the SimCSE supervised script launches 4 GPUs (torch.distributed).
 
 Data: ``$JAXEMBED_DATA/nli_for_simcse.csv`` if present, else triplets built from
-the SentEval-format SNLI dev split (``snli:DIR:dev``, ~3.3k triplets).
+the SentEval-format SNLI dev split (``snli:DIR:dev``, 2,954 triplets).
 """
 
 import os

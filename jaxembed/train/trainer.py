@@ -195,8 +195,14 @@ def _train(cfg: TrainConfig, workdir, echo: Callable[[str], None]) -> dict:
             last = {"step": done, **m, "step_time_s": dt, "sent_per_s": cfg.batch_size / dt,
                     "tokens_per_s_per_device": seqs * cfg.max_length / dt / n_dev,
                     "mfu": flops / dt / (n_dev * peak), "epoch": step // batches_per_epoch}
-            if done % max(cfg.log_every, 1) == 0 or done == total:
+            finite = np.isfinite(m["loss"]) and np.isfinite(m["grad_norm"])
+            if done % max(cfg.log_every, 1) == 0 or done == total or not finite:
                 metrics.write(last)
+            if not finite:
+                raise FloatingPointError(
+                    f"non-finite loss/gradient at step {done} (loss {m['loss']}, grad_norm "
+                    f"{m['grad_norm']}); the last checkpoint is intact. For whitening objectives a "
+                    f"singular group covariance is the usual cause: set whitening_eps > 0.")
             bar.update(1)
             bar.set_postfix(loss=f"{m['loss']:.4f}", lr=f"{m['lr']:.2e}")
 

@@ -1,0 +1,212 @@
+"""One step of every objective against float64 NumPy references, the AdamW update,
+and 8-device (data x fsdp) training equal to 1-device training."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxembed.data.pipeline import collate
+from jaxembed.data.sources import Corpus
+from jaxembed.train import sharding as shd
+from jaxembed.train.config import TrainConfig
+from jaxembed.train.objectives import build_objective
+from jaxembed.train.state import make_optimizer
+from jaxembed.train.step import create_state, make_train_step, state_shardings
+from jaxembed.train.trainer import encoder_logical_axes, load_encoder
+
+WORDS = ("the a man woman dog cat runs sits on under red blue big small house car tree "
+         "river plays eats quickly slowly guitar food park").split()
+
+
+def _sentences(rng, n):
+    return [" ".join(rng.choice(WORDS, size=rng.integers(2, 12))) for _ in range(n)]
+
+
+def _setup(tiny_bert_dir, rng, **overrides):
+    cfg = TrainConfig(model=str(tiny_bert_dir), max_length=16, **overrides)
+    enc = load_encoder(cfg)
+    obj = build_objective(cfg, enc)
+    heads, head_names = shd._unbox(obj.init_heads(jax.random.PRNGKey(int(rng.integers(1 << 30)))))
+    params = {"encoder": jax.tree.map(np.asarray, enc.params), "head": jax.tree.map(np.asarray, heads)}
+    logical = {"encoder": encoder_logical_axes(enc), "head": head_names}
+    return cfg, enc, obj, params, logical
+
+
+def _batch(enc, rng, cfg, b, columns, scores=0):
+    rows = [tuple(_sentences(rng, columns)) + tuple(rng.normal(size=scores).tolist()) for _ in range(b)]
+    corpus = Corpus(tuple(f"c{i}" for i in range(columns + scores)), rows, {}, columns)
+    tok = lambda t: enc.tokenize(t, max_length=cfg.max_length, pad_to=cfg.max_length)  # noqa: E731
+    return collate(corpus, np.arange(b), tok)
+
+
+def _pooled(enc, params, batch, key, views, method):
+    """Reference forward: rows ordered (row, column, view), as the objectives document."""
+    from jaxembed.models.pooling import pool
+
+    ids, mask, tt = (jnp.repeat(batch[k], views, axis=1).reshape(-1, batch[k].shape[-1])
+                     for k in ("input_ids", "attention_mask", "token_type_ids"))
+    out = enc.apply(params, ids, mask, tt, deterministic=False, dropout_rng=key)
+    z = pool(out, mask, method)
+    return z.reshape(batch["input_ids"].shape[0], -1, z.shape[-1])
+
+
+def _loss_and_pooled(obj, enc, params, batch, key, pooled_key, views, method):
+    """The objective's loss and the reference pooled rows, compiled as one program."""
+    def both(p, b):
+        loss, aux = obj.loss(p, b, key)
+        return loss, aux, _pooled(enc, p["encoder"], b, pooled_key, views, method)
+
+    loss, aux, z = jax.jit(both)(params, batch)
+    return float(loss), aux, np.asarray(z, np.float64)
+
+
+def _tanh_head(hp, z):
+    return np.tanh(z @ np.asarray(hp["dense"]["kernel"], np.float64) + np.asarray(hp["dense"]["bias"], np.float64))
+
+
+def _info_nce64(a, p, n=None, tau=0.05):
+    unit = lambda x: x / np.linalg.norm(x, axis=-1, keepdims=True)  # noqa: E731
+    a, p = unit(a), unit(p)
+    logits = a @ p.T / tau
+    if n is not None:
+        logits = np.concatenate([logits, a @ unit(n).T / tau], axis=1)
+    m = logits.max(1, keepdims=True)
+    lse = m[:, 0] + np.log(np.exp(logits - m).sum(1))
+    return float(np.mean(lse - np.diag(logits[:, :a.shape[0]])))
+
+
+def _sgw64(x, perm, groups):
+    """Shuffled group whitening in float64: ZCA per group, biased covariance, no eps."""
+    xs = x[:, perm]
+    b, d = xs.shape
+    xg = xs.reshape(b, groups, d // groups)
+    xc = xg - xg.mean(0)
+    out = np.empty_like(xc)
+    for g in range(groups):
+        lam, u = np.linalg.eigh(xc[:, g].T @ xc[:, g] / b)
+        out[:, g] = xc[:, g] @ (u * lam ** -0.5) @ u.T
+    return out.reshape(b, d)[:, np.argsort(perm)]
+
+
+def test_simcse_unsup_loss_matches_float64(tiny_bert_dir, rng):
+    cfg, enc, obj, params, _ = _setup(tiny_bert_dir, rng, objective="simcse_unsup",
+                                      temperature=float(rng.uniform(0.03, 0.1)))
+    batch = _batch(enc, rng, cfg, 12, 1)
+    key = jax.random.PRNGKey(int(rng.integers(1 << 30)))
+    loss, _, z = _loss_and_pooled(obj, enc, params, batch, key, key, 2, cfg.train_pooling)
+    z = _tanh_head(params["head"], z)
+    np.testing.assert_allclose(loss, _info_nce64(z[:, 0], z[:, 1], tau=cfg.temperature), rtol=2e-5)
+    # the two views really differ (dropout is on, independently per view)
+    assert np.abs(z[:, 0] - z[:, 1]).max() > 1e-3
+
+
+def test_simcse_sup_uses_hard_negative(tiny_bert_dir, rng):
+    cfg, enc, obj, params, _ = _setup(tiny_bert_dir, rng, objective="simcse_sup",
+                                      train_pooling="cls", mlp=False)
+    batch = _batch(enc, rng, cfg, 10, 3)
+    key = jax.random.PRNGKey(int(rng.integers(1 << 30)))
+    loss, _, z = _loss_and_pooled(obj, enc, params, batch, key, key, 1, "cls")
+    np.testing.assert_allclose(loss, _info_nce64(z[:, 0], z[:, 1], z[:, 2]), rtol=2e-5)
+
+
+def test_whitenedcse_loss_matches_float64(tiny_bert_dir, rng):
+    groups, views = 8, 3
+    cfg, enc, obj, params, _ = _setup(tiny_bert_dir, rng, objective="whitenedcse",
+                                      num_views=views, num_groups=groups)
+    batch = _batch(enc, rng, cfg, 24, 1)
+    key = jax.random.PRNGKey(int(rng.integers(1 << 30)))
+    k_drop, k_shuffle = jax.random.split(key)
+    loss, _, x = _loss_and_pooled(obj, enc, params, batch, key, k_drop, views, "cls_before_pooler")
+    keys = jax.random.split(k_shuffle, views)
+    w = [_tanh_head(params["head"], _sgw64(x[:, k], np.asarray(jax.random.permutation(keys[k], x.shape[-1])), groups))
+         for k in range(views)]
+    ref = sum(_info_nce64(w[0], w[k]) for k in range(1, views))
+    np.testing.assert_allclose(loss, ref, rtol=2e-3)
+
+
+@pytest.mark.parametrize("task", ["mse", "bce"])
+def test_dse_loss_matches_float64(tiny_bert_dir, rng, task):
+    alpha = float(rng.uniform(0.2, 0.8))
+    cfg, enc, obj, params, _ = _setup(tiny_bert_dir, rng, objective="dse", train_pooling="mean",
+                                      dse_alpha=alpha, dse_task_loss=task, dse_hidden=8)
+    batch = _batch(enc, rng, cfg, 6, 2, scores=2)
+    batch["scores"][:, 1] = rng.uniform(0, 1, size=6)
+    key = jax.random.PRNGKey(int(rng.integers(1 << 30)))
+    loss, aux, z = _loss_and_pooled(obj, enc, params, batch, key, key, 1, "mean")
+    u, v = z[:, 0], z[:, 1]
+    hp = jax.tree.map(lambda a: np.asarray(a, np.float64), params["head"])
+    h = np.maximum(np.concatenate([u, v, u * v, np.abs(u - v)], 1) @ hp["hidden"]["kernel"] + hp["hidden"]["bias"], 0)
+    y = (h @ hp["out"]["kernel"] + hp["out"]["bias"])[:, 0]
+    teacher, label = batch["scores"][:, 0].astype(np.float64), batch["scores"][:, 1].astype(np.float64)
+    distill = np.mean((y - teacher) ** 2)
+    if task == "mse":
+        task_loss = np.mean((y - label) ** 2)
+    else:
+        task_loss = np.mean(np.logaddexp(0, y) - label * y)
+    np.testing.assert_allclose(float(aux["distill_loss"]), distill, rtol=1e-4)
+    np.testing.assert_allclose(loss, (1 - alpha) * task_loss + alpha * distill, rtol=1e-4)
+
+
+def test_first_step_is_clipped_adamw(tiny_bert_dir, rng):
+    lr, clip = float(rng.uniform(1e-4, 1e-3)), float(rng.uniform(0.05, 0.5))
+    cfg, enc, obj, params, logical = _setup(tiny_bert_dir, rng, objective="simcse_unsup")
+    batch = _batch(enc, rng, cfg, 8, 1)
+    tx, schedule = make_optimizer(learning_rate=lr, total_steps=10, max_grad_norm=clip)
+    mesh = shd.make_mesh(devices=jax.devices()[:1])
+    sh = state_shardings(params, tx, mesh, logical=logical, hidden_size=enc.hidden_size)
+    seed = int(rng.integers(1 << 30))
+    state = create_state(params, tx, sh, seed=seed)
+    step = make_train_step(obj.loss, tx, schedule, sh, mesh)
+    new, m = step(state, shd.shard_batch(batch, mesh))
+    key = jax.random.fold_in(jax.random.PRNGKey(seed), 0)
+    grads = jax.grad(lambda p: obj.loss(p, batch, key)[0])(params)
+    g = jax.tree.map(lambda x: np.asarray(x, np.float64), grads)
+    norm = np.sqrt(sum(np.sum(x ** 2) for x in jax.tree.leaves(g)))
+    np.testing.assert_allclose(m["grad_norm"], norm, rtol=1e-4)
+    assert norm > clip  # clipping is active in this test
+    scale = clip / norm
+    for p0, p1, gi in zip(jax.tree.leaves(params), jax.tree.leaves(jax.device_get(new.params)), jax.tree.leaves(g)):
+        gc = gi * scale
+        expected = np.asarray(p0, np.float64) - lr * gc / (np.abs(gc) + 1e-8)
+        np.testing.assert_allclose(np.asarray(p1, np.float64), expected, atol=lr * 2e-3)
+    assert int(new.step) == 1 and m["lr"] == pytest.approx(lr)
+
+
+def _run(tiny_bert_dir, rng_seed, batches, devices, data, fsdp, objective):
+    rng = np.random.default_rng(rng_seed)
+    cfg, enc, obj, params, logical = _setup(tiny_bert_dir, rng, objective=objective, num_groups=4,
+                                            num_views=3 if objective == "whitenedcse" else 2)
+    tx, schedule = make_optimizer(learning_rate=5e-4, total_steps=5)
+    mesh = shd.make_mesh(data=data, fsdp=fsdp, devices=devices)
+    sh = state_shardings(params, tx, mesh, logical=logical, hidden_size=enc.hidden_size)
+    state = create_state(params, tx, sh, seed=7)
+    step = make_train_step(obj.loss, tx, schedule, sh, mesh)
+    losses = []
+    for b in batches:
+        state, m = step(state, shd.shard_batch(b, mesh))
+        losses.append(float(m["loss"]))
+    return losses, jax.device_get(state.params), sh
+
+
+@pytest.mark.parametrize("objective", ["simcse_unsup", "whitenedcse"])
+def test_sharded_8_devices_equals_1_device(tiny_bert_dir, rng, objective):
+    assert jax.device_count() == 8
+    seed = int(rng.integers(1 << 30))
+    cfg, enc, *_ = _setup(tiny_bert_dir, np.random.default_rng(seed), objective="simcse_unsup")
+    batches = [_batch(enc, rng, cfg, 16, 1) for _ in range(5)]
+    ref_losses, ref_params, _ = _run(tiny_bert_dir, seed, batches, jax.devices()[:1], 1, 1, objective)
+    losses, params, sh = _run(tiny_bert_dir, seed, batches, jax.devices(), 2, 4, objective)
+    specs = [s.spec for s in jax.tree.leaves(sh.params)]
+    assert any("fsdp" in str(s) for s in specs)  # the big matrices really are FSDP-sharded
+    word = sh.params["encoder"]["embeddings"]["word_embeddings"]["embedding"].spec
+    assert tuple(word) == (None, "fsdp")
+    np.testing.assert_allclose(losses, ref_losses, rtol=2e-5 if objective == "simcse_unsup" else 2e-4)
+    assert len(set(np.round(losses, 4))) > 1
+    # Adam divides by |g|: a gradient entry near 0 may flip sign under another
+    # reduction order and move by up to 2 lr; the bulk must agree to round-off.
+    diffs = np.concatenate([np.abs(np.asarray(a) - np.asarray(b)).ravel()
+                            for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(ref_params))])
+    assert np.median(diffs) < 1e-6 and np.quantile(diffs, 0.99) < 5e-5 and diffs.max() <= 10 * 5e-4
