@@ -163,6 +163,7 @@ def test_evaluate_sts_real_data(shared_data, rng):
     assert 10 < res["STSBenchmark"] < 90  # bag of words correlates, but not perfectly
     table = format_table(res)
     assert table.splitlines()[0].split() == ["STS13", "STS-B", "Avg"]
+    assert evaluate_sts(enc, shared_data / "senteval", tasks="STSBenchmark")["STSBenchmark"] == res["STSBenchmark"]
     with pytest.raises(ValueError, match="unknown"):
         evaluate_sts(enc, shared_data / "senteval", tasks=["STS17"])
 

@@ -98,8 +98,8 @@ def evaluate_sts(encode_fn: Callable, data_dir, *, tasks: Sequence[str] | None =
         encode_fn: ``list[str] -> np.ndarray [N, D]``; called once per task with
             its unique sentences.
         data_dir: folder holding SentEval's ``downstream/`` (or ``downstream`` itself).
-        tasks: subset of ``STS12 STS13 STS14 STS15 STS16 STSBenchmark SICKRelatedness``;
-            default all seven.
+        tasks: subset of ``STS12 STS13 STS14 STS15 STS16 STSBenchmark SICKRelatedness``
+            (a list, or one comma-separated string); default all seven.
         aggregation: ``"all"`` (papers' setting) or ``"wmean"``, applies to STS12-16.
 
     Returns:
@@ -111,6 +111,8 @@ def evaluate_sts(encode_fn: Callable, data_dir, *, tasks: Sequence[str] | None =
         >>> evaluate_sts(enc.encode, "data/senteval", tasks=["STSBenchmark"])  # doctest: +SKIP
         {'STSBenchmark': 82.0, 'Avg': 82.0}
     """
+    if isinstance(tasks, str):  # "STS12,STSBenchmark"
+        tasks = [t.strip() for t in tasks.split(",") if t.strip()]
     tasks = list(STS_TASKS if tasks is None else tasks)
     unknown = [t for t in tasks if t not in STS_TASKS]
     if unknown or not tasks:
