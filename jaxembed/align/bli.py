@@ -11,6 +11,7 @@ Reference: Conneau et al., "Word translation without parallel data", ICLR 2018.
 
 from __future__ import annotations
 
+import jax.numpy as jnp
 import numpy as np
 
 from jaxembed.align.retrieval import csls_topk, nn_topk
@@ -67,7 +68,8 @@ def translate(mapped_src, tgt, query_ids, *, retrieval: str = "csls", k: int = 1
     if retrieval not in RETRIEVALS:
         raise ValueError(f"retrieval must be one of {RETRIEVALS}, got {retrieval!r}")
     blocking = dict(query_block=query_block, key_block=key_block, mesh=mesh)
-    queries = np.asarray(mapped_src)[np.asarray(query_ids)]
+    mapped_src = jnp.asarray(mapped_src)
+    queries = jnp.take(mapped_src, jnp.asarray(query_ids), axis=0)
     if retrieval == "nn":
         _, ids = nn_topk(queries, tgt, k=k, **blocking)
     else:

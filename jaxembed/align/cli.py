@@ -74,13 +74,13 @@ def run(args: argparse.Namespace) -> int:
                      mode=args.dico_mode, **blocking)
     if args.refine:
         print(f"refinement: {args.refine} rounds, last dictionary {len(dico)} pairs")
-    mapped = np.asarray(apply_map(x, w))
+    mapped = apply_map(x, w)
     result = evaluate_bli(mapped, y, test.pairs, retrieval=args.retrieval, knn=args.knn, **blocking)
     result["n_queries_total"] = test.n_src_total
     print(f"{args.retrieval.upper()}: P@1 {result['precision_at_1']:.2f}  P@5 {result['precision_at_5']:.2f}  "
           f"P@10 {result['precision_at_10']:.2f}  ({result['n_queries']}/{test.n_src_total} queries)")
     if args.out:
-        write_vec(args.out, src.words, mapped)
+        write_vec(args.out, src.words, np.asarray(mapped))
         print(f"wrote {args.out}")
     if args.json:
         print(json.dumps(result))
