@@ -77,19 +77,37 @@ def test_encode_matches_torch_and_restores_order(tiny, tiny_bert_dir, rng, pooli
 
 def test_encode_compiles_once_per_bucket(tiny, rng):
     enc = tiny.replace(params=jax.tree.map(lambda a: a * 1.0, tiny.params), pooling="max")
-    texts = random_texts(rng, 40, max_words=40)
+    texts = random_texts(rng, 45, max_words=40)
     before = enc._trace_count
     first = enc.encode(texts, batch_size=8)
-    # shapes the plan must produce: per sorted batch, (row bucket, length bucket)
-    order = np.argsort([-len(t) for t in texts], kind="stable")
-    shapes = set()
-    for i in range(0, 40, 8):
-        chunk = [texts[j] for j in order[i: i + 8]]
-        shapes.add(enc.tokenize(chunk)["input_ids"].shape[1])
-    assert enc._trace_count - before == len(shapes) <= len(buckets.length_buckets(128))
+    lengths = enc.tokenize(texts)["attention_mask"].sum(1)
+    shapes = {(rows, length) for _, rows, length in
+              buckets.plan_batches(lengths, batch_size=8, max_length=128)}
+    assert {rows for rows, _ in shapes} == {8}  # 5 full batches of 8, one of 5 padded to 8
+    assert enc._trace_count - before == len(shapes)
     again = enc.encode(list(reversed(texts)), batch_size=8)
     assert enc._trace_count - before == len(shapes)  # nothing new to compile
     np.testing.assert_allclose(again[::-1], first, atol=1e-6, rtol=0)
+    # chunked pipeline (several tokenisation chunks) gives the same result
+    np.testing.assert_allclose(enc.encode(texts, batch_size=8, chunk_batches=2), first, atol=1e-6, rtol=0)
+
+
+def test_bucket_plan(rng):
+    table = buckets.length_buckets(256)
+    assert table == (8, 16, 24, 32, 40, 48, 56, 64, 80, 96, 112, 128, 160, 192, 224, 256)
+    assert buckets.length_buckets(100)[-2:] == (96, 100) and buckets.length_buckets(5) == (5,)
+    lengths = rng.integers(1, 257, size=100)
+    plan = buckets.plan_batches(lengths, batch_size=16, max_length=256)
+    seen = np.concatenate([idx for idx, _, _ in plan])
+    np.testing.assert_array_equal(np.sort(seen), np.arange(100))
+    for idx, rows, length in plan:
+        longest = lengths[idx].max()
+        assert length in table and length >= longest and (length == 8 or length < longest * 1.25 + 8)
+        assert rows == (16 if len(idx) == 16 else 4)  # 100 = 6 * 16 + 4
+    assert [lengths[idx].max() for idx, _, _ in plan] == sorted((lengths[idx].max() for idx, _, _ in plan),
+                                                             reverse=True)
+    with pytest.raises(ValueError, match="exceeds the largest bucket"):
+        buckets.bucket_for(257, table)
 
 
 def test_bad_inputs(tiny, tiny_bert_dir):

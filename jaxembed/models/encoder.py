@@ -217,12 +217,8 @@ class Encoder:
             text = text.strip()
         return text.lower() if self.do_lower_case else text
 
-    def _tokenize(self, texts: Sequence[str], *, max_length: int, pad_to: Optional[int] = None,
-                  rows: Optional[int] = None) -> tuple[dict, int]:
-        """Tokenise, pad to a length bucket (or ``pad_to``) and to ``rows`` rows.
-
-        Returns ``(batch, n_truncated)``; padding rows are all-pad with a zero mask.
-        """
+    def _token_ids(self, texts: Sequence[str], *, max_length: int):
+        """Tokenise without padding -> ``(ids, token_types or None, n_truncated)``."""
         if self.tokenizer is None:
             raise ValueError("this encoder has no tokenizer (the folder had none); "
                              "feed input_ids to apply/embed directly")
@@ -230,21 +226,16 @@ class Encoder:
         tok = self.tokenizer(texts, truncation=True, max_length=max_length, padding=False,
                              return_attention_mask=False, return_token_type_ids=True, verbose=False)
         ids, types = tok["input_ids"], tok.get("token_type_ids")
-        lengths = [len(x) for x in ids]
-        at_limit = [texts[i] for i, n in enumerate(lengths) if n >= max_length]
+        at_limit = [texts[i] for i, x in enumerate(ids) if len(x) >= max_length]
         n_truncated = 0
-        if at_limit:
+        if at_limit:  # a sequence of exactly max_length tokens may or may not have been cut
             full = self.tokenizer(at_limit, truncation=False, padding=False, return_attention_mask=False,
                                   return_token_type_ids=False, verbose=False)["input_ids"]
             n_truncated = sum(len(x) > max_length for x in full)
-        longest = max(lengths, default=1)
-        length = pad_to if pad_to is not None else buckets.bucket_for(
-            longest, buckets.length_buckets(max_length))
-        if longest > length:
-            raise ValueError(f"pad_to={length} is shorter than the longest sequence ({longest} tokens)")
-        rows = len(texts) if rows is None else rows
-        if rows < len(texts):
-            raise ValueError(f"rows={rows} < number of texts {len(texts)}")
+        return ids, types, n_truncated
+
+    def _pad(self, ids, types, *, rows: int, length: int) -> dict:
+        """Lists of token ids -> int32 ``[rows, length]`` arrays; extra rows are all-pad, mask 0."""
         input_ids = np.full((rows, length), self.pad_token_id, np.int32)
         mask = np.zeros((rows, length), np.int32)
         token_type = np.zeros((rows, length), np.int32)
@@ -253,18 +244,24 @@ class Encoder:
             mask[i, : len(x)] = 1
             if types is not None:
                 token_type[i, : len(x)] = types[i]
-        return {"input_ids": input_ids, "attention_mask": mask, "token_type_ids": token_type}, n_truncated
+        return {"input_ids": input_ids, "attention_mask": mask, "token_type_ids": token_type}
 
     def tokenize(self, texts: Sequence[str], *, max_length: Optional[int] = None,
                  pad_to: Optional[int] = None) -> dict:
         """``texts`` -> dict of int32 numpy ``input_ids``, ``attention_mask``,
-        ``token_type_ids`` [N, L], ``L`` = the smallest length bucket that fits (powers of
-        two >= 8, then ``max_length``) or exactly ``pad_to``. Over-long texts are
-        truncated to ``max_length`` tokens with a warning."""
+        ``token_type_ids`` [N, L]; ``L`` is the smallest of ``buckets.length_buckets(max_length)``
+        that fits the longest text, or exactly ``pad_to``. Over-long texts are truncated
+        to ``max_length`` tokens with a ``UserWarning``."""
         texts = _check_texts(texts)
-        batch, n_truncated = self._tokenize(texts, max_length=max_length or self.max_length, pad_to=pad_to)
-        _warn_truncated(n_truncated, max_length or self.max_length)
-        return batch
+        max_length = max_length or self.max_length
+        ids, types, n_truncated = self._token_ids(texts, max_length=max_length)
+        _warn_truncated(n_truncated, max_length)
+        longest = max((len(x) for x in ids), default=1)
+        length = pad_to if pad_to is not None else buckets.bucket_for(
+            longest, buckets.length_buckets(max_length))
+        if longest > length:
+            raise ValueError(f"pad_to={length} is shorter than the longest sequence ({longest} tokens)")
+        return self._pad(ids, types, rows=len(texts), length=length)
 
     # ------------------------------------------------------------------ inference
     @property
@@ -274,13 +271,15 @@ class Encoder:
         return _encode_step(self.module, self.pooling, self.normalize).traces
 
     def encode(self, texts: Sequence[str], *, batch_size: int = 64, max_length: Optional[int] = None,
-               progress: bool = False) -> np.ndarray:
+               progress: bool = False, chunk_batches: int = 32) -> np.ndarray:
         """``texts`` (N strings) -> [N, dim] float32 numpy, in input order.
 
-        Texts are sorted by length, cut into batches of ``batch_size``, each padded to
-        a length bucket and a power-of-two row count, so a run compiles at most
-        ``len(length_buckets) * (1 + log2(batch_size))`` shapes, usually a handful.
-        The next batch is tokenised on a worker thread while the current one runs.
+        Pipeline: texts are taken in chunks of ``chunk_batches * batch_size``; a worker
+        thread tokenises the next chunk while the current one runs. Within a chunk,
+        texts are sorted by token length and cut into batches (``buckets.plan_batches``),
+        each padded to a length bucket and a power-of-two row count, so shapes -- and
+        compilations -- come from a small fixed set. Batches are dispatched
+        asynchronously: the host pads batch k+1 while the device runs batch k.
         Empty strings encode (as [CLS][SEP]); texts longer than ``max_length`` tokens
         are truncated with a ``UserWarning``.
         """
@@ -292,33 +291,33 @@ class Encoder:
         out = np.zeros((n, self.dim), np.float32)
         if n == 0:
             return out
-        order = np.argsort([-len(t) for t in texts], kind="stable")
-        chunks = [order[i: i + batch_size] for i in range(0, n, batch_size)]
         step = _encode_step(self.module, self.pooling, self.normalize)
-
-        def prepare(idx):
-            rows = buckets.row_bucket(len(idx), batch_size=batch_size)
-            return self._tokenize([texts[j] for j in idx], max_length=max_length, rows=rows)
-
-        n_truncated = 0
+        span = batch_size * max(1, chunk_batches)
+        starts = list(range(0, n, span))
         bar = None
         if progress:
             from tqdm.auto import tqdm
 
             bar = tqdm(total=n, desc="encode", unit="text")
-        with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool_:
-            future = pool_.submit(prepare, chunks[0])
-            pending = None
-            for k, idx in enumerate(chunks):
-                batch, t = future.result()
+        n_truncated, pending = 0, None
+        with concurrent.futures.ThreadPoolExecutor(max_workers=1) as worker:
+            future = worker.submit(self._token_ids, texts[:span], max_length=max_length)
+            for c, start in enumerate(starts):
+                ids, types, t = future.result()
                 n_truncated += t
-                if k + 1 < len(chunks):
-                    future = pool_.submit(prepare, chunks[k + 1])
-                result = step(self.params, batch["input_ids"], batch["attention_mask"],
-                              batch["token_type_ids"])  # dispatched asynchronously
-                if pending is not None:
-                    _collect(out, *pending, bar)
-                pending = (result, idx)
+                if c + 1 < len(starts):
+                    nxt = starts[c + 1]
+                    future = worker.submit(self._token_ids, texts[nxt: nxt + span], max_length=max_length)
+                plan = buckets.plan_batches([len(x) for x in ids], batch_size=batch_size,
+                                            max_length=max_length)
+                for idx, rows, length in plan:
+                    batch = self._pad([ids[j] for j in idx], None if types is None else [types[j] for j in idx],
+                                      rows=rows, length=length)
+                    result = step(self.params, batch["input_ids"], batch["attention_mask"],
+                                  batch["token_type_ids"])  # dispatched asynchronously
+                    if pending is not None:
+                        _collect(out, *pending, bar)
+                    pending = (result, start + idx)
             _collect(out, *pending, bar)
         if bar is not None:
             bar.close()

