@@ -56,7 +56,8 @@ def maybe_initialize(coordinator: str | None = None, num_processes: int | None =
         return False
     import jax
 
-    if os.environ.get("JAX_PLATFORMS", "").startswith("cpu") or kwargs.get("coordinator_address", "").startswith("127."):
-        jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    # CPU processes need gloo for cross-process collectives; the flag only affects
+    # the CPU client, so it is harmless on GPU/TPU hosts.
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
     jax.distributed.initialize(**{k: v for k, v in kwargs.items() if v is not None})
     return True

@@ -1,0 +1,187 @@
+"""Checkpoints: corrupt-latest fallback, and SIGKILL + restart giving bit-identical losses."""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxembed.train import sharding as shd
+from jaxembed.train.checkpoint import Checkpointer, abstract_like
+from jaxembed.train.state import TrainState, make_optimizer
+
+REPO = pathlib.Path(__file__).resolve().parent.parent
+
+
+def _state(rng, seed):
+    params = {"w": rng.normal(size=(8, 4)).astype(np.float32), "b": rng.normal(size=(4,)).astype(np.float32)}
+    tx, _ = make_optimizer(learning_rate=1e-3, total_steps=10)
+    mesh = shd.make_mesh(data=2, fsdp=4)
+    sh = TrainState(step=shd.replicated(mesh), params=shd.param_shardings(params, mesh, hidden_size=4),
+                    opt_state=None, rng=shd.replicated(mesh))
+    st = TrainState.create(params, tx, seed=seed)
+    sh = sh.replace(opt_state=jax.tree.map(lambda _: shd.replicated(mesh), st.opt_state))
+    return shd.place(st, sh), sh
+
+
+def _data_files(directory: pathlib.Path) -> list[pathlib.Path]:
+    """Orbax/OCDBT array data files (under ``d/`` folders), not metadata."""
+    return [p for p in directory.rglob("*") if p.is_file() and p.parent.name == "d"]
+
+
+@pytest.mark.parametrize("damage", ["flip_bytes", "delete_dir_contents"])
+def test_corrupt_latest_checkpoint_falls_back(tmp_path, rng, damage):
+    s1, sh = _state(rng, 1)
+    s2 = s1.replace(step=s1.step + 1, params=jax.tree.map(lambda x: x * 2.0 + 1.0, s1.params))
+    reports = []
+    ckpt = Checkpointer(tmp_path / "ckpt", keep=3, report=reports.append)
+    ckpt.save(1, s1, meta={"data_position": 11})
+    ckpt.save(2, s2, meta={"data_position": 22})
+    step_dir = tmp_path / "ckpt" / "2"
+    if damage == "flip_bytes":  # silent corruption: the file still parses
+        files = _data_files(step_dir / "state")
+        assert files
+        for target in files:
+            data = bytearray(target.read_bytes())
+            for i in range(len(data) // 2, min(len(data), len(data) // 2 + 16)):
+                data[i] ^= 0x5A
+            target.write_bytes(bytes(data))
+    else:  # an incomplete checkpoint: its array data gone
+        for p in (step_dir / "state").rglob("*"):
+            if p.is_file():
+                p.unlink()
+    abstract = abstract_like(s1, sh)
+    restored, meta = Checkpointer(tmp_path / "ckpt", keep=3, report=reports.append).restore_latest(abstract)
+    assert meta["data_position"] == 11 and int(restored.step) == int(s1.step)
+    for a, b in zip(jax.tree.leaves(restored), jax.tree.leaves(s1)):
+        assert np.array_equal(np.asarray(a), np.asarray(b))
+    assert any("step 2" in r and "unusable" in r for r in reports), reports
+
+
+def test_intact_checkpoint_restores_exactly(tmp_path, rng):
+    s1, sh = _state(rng, 3)
+    ckpt = Checkpointer(tmp_path / "ckpt", keep=1)
+    ckpt.save(5, s1, meta={"data_position": 5})
+    restored, meta = ckpt.restore_latest(abstract_like(s1, sh))
+    assert meta["data_position"] == 5
+    for a, b in zip(jax.tree.leaves(restored), jax.tree.leaves(s1)):
+        assert np.array_equal(np.asarray(a), np.asarray(b))
+        assert a.sharding == b.sharding
+
+
+# --------------------------------------------------------------------------- subprocess runs
+
+def write_config(tmp_path: pathlib.Path, tiny_bert_dir, rng, *, steps=7, objective="whitenedcse") -> pathlib.Path:
+    words = "the a man woman dog cat runs sits on red blue big house car tree river plays".split()
+    lines = [" ".join(rng.choice(words, size=rng.integers(2, 14))) for _ in range(120)]
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("\n".join(lines) + "\n\n")
+    cfg = tmp_path / "cfg.py"
+    cfg.write_text(
+        "from jaxembed.train.config import TrainConfig\n"
+        "def get_config(arg=None):\n"
+        f"    return TrainConfig(model={str(tiny_bert_dir)!r}, data={str(corpus)!r}, objective={objective!r},\n"
+        f"        num_views=3, num_groups=4, batch_size=16, max_length=16, steps={steps}, learning_rate=5e-4,\n"
+        f"        eval_every=0, save_every=2, keep=2, seed={int(rng.integers(1000))}, progress=False)\n")
+    return cfg
+
+
+def train_env(tmp_path: pathlib.Path, devices: int = 8) -> dict:
+    env = dict(os.environ)
+    env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
+    env["JAX_PLATFORMS"] = "cpu"
+    env["JAX_COMPILATION_CACHE_DIR"] = str(tmp_path / "jax_cache")
+    env["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
+    env["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"] = "0"
+    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
+    return env
+
+
+def train_cmd(cfg, workdir, *extra) -> list[str]:
+    return [sys.executable, "-m", "jaxembed.train.cli", str(cfg), "--workdir", str(workdir), *extra]
+
+
+def step_losses(workdir) -> dict[int, float]:
+    rows = [json.loads(line) for line in (pathlib.Path(workdir) / "metrics.jsonl").read_text().splitlines()]
+    return {r["step"]: r["loss"] for r in rows if "loss" in r}
+
+
+@pytest.fixture(scope="module")
+def reference_run(tmp_path_factory, tiny_bert_dir):
+    """One uninterrupted 8-device run (shared by the resume and multi-host tests)."""
+    tmp = tmp_path_factory.mktemp("reference")
+    rng = np.random.default_rng(int.from_bytes(os.urandom(4), "little"))
+    cfg = write_config(tmp, tiny_bert_dir, rng)
+    out = subprocess.run(train_cmd(cfg, tmp / "work"), env=train_env(tmp), capture_output=True,
+                         text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return {"tmp": tmp, "cfg": cfg, "losses": step_losses(tmp / "work"), "stdout": out.stdout}
+
+
+def test_sigkill_and_resume_is_bit_identical(reference_run):
+    tmp, cfg, ref = reference_run["tmp"], reference_run["cfg"], reference_run["losses"]
+    assert sorted(ref) == list(range(1, 8)) and len(set(ref.values())) > 1
+    work = tmp / "killed"
+    proc = subprocess.Popen(train_cmd(cfg, work), env=train_env(tmp), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 600
+    try:  # kill as soon as step 5 is logged (checkpoints exist at 2 and 4)
+        while time.time() < deadline and proc.poll() is None:
+            if (work / "metrics.jsonl").exists() and 5 in step_losses(work):
+                break
+            time.sleep(0.05)
+        assert proc.poll() is None, "run finished before it could be killed: " + proc.stderr.read()[-2000:]
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    before = step_losses(work)
+    assert 5 in before and 7 not in before
+    out = subprocess.run(train_cmd(cfg, work), env=train_env(tmp), capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "resumed from" in out.stdout
+    got = step_losses(work)
+    assert got == ref  # exact float equality, every step
+    assert (work / "export" / "config.json").is_file()
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_processes_x4_devices_match_one_process_x8(reference_run):
+    """jax.distributed on 127.0.0.1 (gloo CPU collectives): each process reads its half of
+    every batch; per-step losses equal the 1-process x 8-device run up to reduction order."""
+    tmp, cfg, ref = reference_run["tmp"], reference_run["cfg"], reference_run["losses"]
+    work, port = tmp / "two_proc", _free_port()
+    procs = [subprocess.Popen(train_cmd(cfg, work, "--coordinator", f"127.0.0.1:{port}",
+                                        "--num-processes", "2", "--process-id", str(i)),
+                              env=train_env(tmp, devices=4), stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for i in range(2)]
+    outs = []
+    try:
+        for p in procs:
+            outs.append(p.communicate(timeout=600))
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    for p, (_, err) in zip(procs, outs):
+        assert p.returncode == 0, err[-3000:]
+    got = step_losses(work)
+    assert sorted(got) == sorted(ref)
+    np.testing.assert_allclose([got[s] for s in sorted(ref)], [ref[s] for s in sorted(ref)], rtol=1e-4)
+    assert (work / "export" / "model.safetensors").is_file()
