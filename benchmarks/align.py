@@ -21,7 +21,8 @@ query blocks of 1,024 rows, one ``mm`` against all keys, ``topk``; Procrustes vi
 ``mm`` + NumPy SVD). jaxembed: ``procrustes``, ``apply_map``,
 ``mean_topk_similarity`` and ``csls_topk`` (fixed 1,024 x 8,192 tiles, running
 top-k). Each jaxembed op is first run once (compile + run, reported as
-``first_call_s``); the reported time is the best of ``--repeats`` further runs. Both use float32 at full precision (no TF32).
+``first_call_s``); the reported time is the best of ``--repeats`` further runs.
+Both use float32 at full precision (no TF32).
 
 Prints one JSON line per (op, implementation) and one per op with
 ``speedup = torch_s / jaxembed_s``, plus agreement checks (r_T / r_S max abs
@@ -64,6 +65,7 @@ def _best_of(fn, repeats):
 
 # ------------------------------------------------------------- PyTorch (MUSE)
 
+
 def torch_impl(torch, device):
     bs = 1024
 
@@ -79,7 +81,7 @@ def torch_impl(torch, device):
         out = []
         emb_t = emb.T.contiguous()
         for i in range(0, query.shape[0], bs):
-            d = query[i:i + bs] @ emb_t
+            d = query[i : i + bs] @ emb_t
             out.append(d.topk(knn, dim=1, largest=True, sorted=True)[0].mean(1))
         return torch.cat(out)
 
@@ -87,7 +89,7 @@ def torch_impl(torch, device):
         out = []
         tgt_t = tgt.T.contiguous()
         for i in range(0, query.shape[0], bs):
-            s = 2 * (query[i:i + bs] @ tgt_t) - r_t[i:i + bs, None] - r_s[None, :]
+            s = 2 * (query[i : i + bs] @ tgt_t) - r_t[i : i + bs, None] - r_s[None, :]
             out.append(s.topk(k, dim=1, largest=True, sorted=True)[1])
         return torch.cat(out)
 
@@ -105,8 +107,12 @@ def main() -> None:
     parser.add_argument("--dim", type=int, default=300)
     parser.add_argument("--pairs", type=int, default=5000)
     parser.add_argument("--queries", type=int, default=1500)
-    parser.add_argument("--rs-size", type=int, default=None,
-                        help="r_S problem size n x n (default: vocab on an accelerator, 20000 on CPU)")
+    parser.add_argument(
+        "--rs-size",
+        type=int,
+        default=None,
+        help="r_S problem size n x n (default: vocab on an accelerator, 20000 on CPU)",
+    )
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--query-block", type=int, default=1024)
     parser.add_argument("--key-block", type=int, default=8192)
@@ -123,17 +129,33 @@ def main() -> None:
     tdevice = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     rs_size = args.rs_size or (args.vocab if backend != "cpu" else min(args.vocab, 20_000))
     machine = {
-        "cpu": _cpu_name(), "cores": os.cpu_count(), "jax_backend": backend,
-        "jax_device": str(jax.devices()[0].device_kind), "torch_device": str(tdevice),
-        "jax": jax.__version__, "torch": torch.__version__,
+        "cpu": _cpu_name(),
+        "cores": os.cpu_count(),
+        "jax_backend": backend,
+        "jax_device": str(jax.devices()[0].device_kind),
+        "torch_device": str(tdevice),
+        "jax": jax.__version__,
+        "torch": torch.__version__,
     }
-    print(json.dumps({"bench": "align", "machine": machine, "vocab": args.vocab, "dim": args.dim,
-                      "pairs": args.pairs, "queries": args.queries, "rs_size": rs_size}), flush=True)
+    print(
+        json.dumps(
+            {
+                "bench": "align",
+                "machine": machine,
+                "vocab": args.vocab,
+                "dim": args.dim,
+                "pairs": args.pairs,
+                "queries": args.queries,
+                "rs_size": rs_size,
+            }
+        ),
+        flush=True,
+    )
 
     rng = np.random.default_rng(0)
     src = rng.standard_normal((args.vocab, args.dim), dtype=np.float32)
     q_rot, _ = np.linalg.qr(rng.standard_normal((args.dim, args.dim)))
-    tgt = (src @ q_rot.astype(np.float32) + 0.5 * rng.standard_normal(src.shape, dtype=np.float32))
+    tgt = src @ q_rot.astype(np.float32) + 0.5 * rng.standard_normal(src.shape, dtype=np.float32)
     pair_ids = rng.choice(args.vocab, size=args.pairs, replace=False)
     query_ids = rng.choice(args.vocab, size=args.queries, replace=False)
     blocking = dict(query_block=args.query_block, key_block=args.key_block)
@@ -141,8 +163,12 @@ def main() -> None:
 
     def emit(op, impl, seconds, **extra):
         results[(op, impl)] = seconds
-        print(json.dumps({"bench": "align", "op": op, "impl": impl, "seconds": round(seconds, 4), **extra}),
-              flush=True)
+        print(
+            json.dumps(
+                {"bench": "align", "op": op, "impl": impl, "seconds": round(seconds, 4), **extra}
+            ),
+            flush=True,
+        )
 
     # ---------------------------------------------------------------- jaxembed
     x = jax.device_put(src)
@@ -177,7 +203,13 @@ def main() -> None:
         jax.block_until_ready(fn())
         first_s = time.perf_counter() - t
         s, out = _best_of(lambda: jax.block_until_ready(fn()), args.repeats)
-        emit(op, "jaxembed", s, first_call_s=round(first_s, 3), note="first_call_s = compile + one run")
+        emit(
+            op,
+            "jaxembed",
+            s,
+            first_call_s=round(first_s, 3),
+            note="first_call_s = compile + one run",
+        )
         return out
 
     r_t = timed_op("r_T", lambda: mean_topk_similarity(queries, yn, k=10, **blocking))
@@ -191,7 +223,9 @@ def main() -> None:
         r_s_all = r_s_small
     else:
         r_s_all = jax.block_until_ready(mean_topk_similarity(yn, mn[:2048], k=10, **blocking))
-    j_csls = timed_op("csls", lambda: csls_topk(queries, yn, k=10, query_r=r_t, key_r=r_s_all, **blocking)[1])
+    j_csls = timed_op(
+        "csls", lambda: csls_topk(queries, yn, k=10, query_r=r_t, key_r=r_s_all, **blocking)[1]
+    )
 
     # ------------------------------------------------------------------ torch
     T = torch_impl(torch, tdevice)
@@ -208,28 +242,54 @@ def main() -> None:
         tqueries = tmn[tq]
         s, tr_t = _best_of(lambda: T["sync"](T["nn_avg_dist"](tyn, tqueries)), args.repeats)
         emit("r_T", "torch_muse", s)
-        s, tr_s = _best_of(lambda: T["sync"](T["nn_avg_dist"](tmn[:rs_size], tyn[:rs_size])), args.repeats)
+        s, tr_s = _best_of(
+            lambda: T["sync"](T["nn_avg_dist"](tmn[:rs_size], tyn[:rs_size])), args.repeats
+        )
         emit("r_S", "torch_muse", s)
         tr_s_all = torch.from_numpy(np.array(r_s_all)).to(tdevice)
-        s, t_csls = _best_of(lambda: T["sync"](T["csls"](tqueries, tyn, tr_t, tr_s_all)), args.repeats)
+        s, t_csls = _best_of(
+            lambda: T["sync"](T["csls"](tqueries, tyn, tr_t, tr_s_all)), args.repeats
+        )
         emit("csls", "torch_muse", s)
 
     # ------------------------------------------------------------ comparison
     for op in ("procrustes", "map", "r_T", "r_S", "csls"):
         j, t = results[(op, "jaxembed")], results[(op, "torch_muse")]
-        print(json.dumps({"bench": "align", "op": op, "speedup_vs_torch": round(t / j, 3),
-                          "jaxembed_s": round(j, 4), "torch_s": round(t, 4)}), flush=True)
+        print(
+            json.dumps(
+                {
+                    "bench": "align",
+                    "op": op,
+                    "speedup_vs_torch": round(t / j, 3),
+                    "jaxembed_s": round(j, 4),
+                    "torch_s": round(t, 4),
+                }
+            ),
+            flush=True,
+        )
     total_j = sum(results[(op, "jaxembed")] for op in ("r_T", "r_S", "csls"))
     total_t = sum(results[(op, "torch_muse")] for op in ("r_T", "r_S", "csls"))
-    print(json.dumps({
-        "bench": "align", "op": "retrieval_total(r_T+r_S+csls)", "jaxembed_s": round(total_j, 4),
-        "torch_s": round(total_t, 4), "speedup_vs_torch": round(total_t / total_j, 3),
-        "w_max_abs_diff": float(np.abs(np.asarray(w) - tw.cpu().numpy()).max()),
-        "r_T_max_abs_diff": float(np.abs(np.asarray(r_t) - tr_t.cpu().numpy()).max()),
-        "r_S_max_abs_diff": float(np.abs(np.asarray(r_s_small) - tr_s.cpu().numpy()).max()),
-        "csls_top10_identical_frac": float(np.mean(np.all(np.asarray(j_csls) == t_csls.cpu().numpy(), axis=1))),
-        "csls_top1_identical_frac": float(np.mean(np.asarray(j_csls)[:, 0] == t_csls.cpu().numpy()[:, 0])),
-    }), flush=True)
+    print(
+        json.dumps(
+            {
+                "bench": "align",
+                "op": "retrieval_total(r_T+r_S+csls)",
+                "jaxembed_s": round(total_j, 4),
+                "torch_s": round(total_t, 4),
+                "speedup_vs_torch": round(total_t / total_j, 3),
+                "w_max_abs_diff": float(np.abs(np.asarray(w) - tw.cpu().numpy()).max()),
+                "r_T_max_abs_diff": float(np.abs(np.asarray(r_t) - tr_t.cpu().numpy()).max()),
+                "r_S_max_abs_diff": float(np.abs(np.asarray(r_s_small) - tr_s.cpu().numpy()).max()),
+                "csls_top10_identical_frac": float(
+                    np.mean(np.all(np.asarray(j_csls) == t_csls.cpu().numpy(), axis=1))
+                ),
+                "csls_top1_identical_frac": float(
+                    np.mean(np.asarray(j_csls)[:, 0] == t_csls.cpu().numpy()[:, 0])
+                ),
+            }
+        ),
+        flush=True,
+    )
 
 
 if __name__ == "__main__":

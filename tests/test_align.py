@@ -38,7 +38,9 @@ TEST = "wiki_en-si_testset_1500_5000_200k.txt"
 
 
 def random_rotation(rng, d):
-    return scipy.stats.special_ortho_group.rvs(d, random_state=int(rng.integers(2**31))).astype(np.float32)
+    return scipy.stats.special_ortho_group.rvs(d, random_state=int(rng.integers(2**31))).astype(
+        np.float32
+    )
 
 
 @pytest.fixture(scope="module")
@@ -76,6 +78,7 @@ def synthetic_spaces(rng, match, *, d, sigma):
 
 # ----------------------------------------------------------------- Procrustes
 
+
 def test_procrustes_equals_float64_svd_and_is_orthogonal(rng):
     d, p = 24, 300
     x = rng.normal(size=(p, d)).astype(np.float32)
@@ -98,9 +101,10 @@ def test_procrustes_equals_float64_svd_and_is_orthogonal(rng):
 
 # ------------------------------------------------------------------ retrieval
 
+
 @pytest.mark.parametrize("blocks", [(8, 7), (5, 13), (1000, 1000)])
 def test_blockwise_topk_equals_dense_exactly(rng, blocks):
-    """Integer-valued vectors make every score exact, so ids (ties: lower index first) must match."""
+    """Integer-valued vectors make every score exact: ids (ties: lower index first) must match."""
     n, m, d, k = 37, 101, 6, 7
     q = rng.integers(-3, 4, size=(n, d)).astype(np.float32)
     keys = rng.integers(-3, 4, size=(m, d)).astype(np.float32)
@@ -113,13 +117,16 @@ def test_blockwise_topk_equals_dense_exactly(rng, blocks):
     if blocks != (8, 7):
         return
     mesh = jax.make_mesh((8,), ("x",))
-    v8, i8 = topk_scores(q, keys, k=k, key_bias=bias, query_block=blocks[0], key_block=blocks[1], mesh=mesh)
+    v8, i8 = topk_scores(
+        q, keys, k=k, key_bias=bias, query_block=blocks[0], key_block=blocks[1], mesh=mesh
+    )
     np.testing.assert_array_equal(np.asarray(i8), order)
     np.testing.assert_array_equal(np.asarray(v8), np.asarray(v))
 
 
 def _dense_csls(q, y, src, knn):
     """float64 reference: CSLS matrix [N, M] = 2 cos - r_T(q) - r_S(y)."""
+
     def unit(a):
         a = a.astype(np.float64)
         return a / np.linalg.norm(a, axis=1, keepdims=True)
@@ -183,6 +190,7 @@ def test_csls_beats_nn_under_hubness(rng):
 
 # ------------------------------------------------------------------------ BLI
 
+
 def test_bli_precision_and_gold_sets():
     queries, gold = gold_sets(np.array([[5, 1], [2, 7], [5, 3], [2, 7]]))
     assert queries.tolist() == [2, 5] and gold == [{7}, {1, 3}]
@@ -202,7 +210,9 @@ def test_bli_on_real_dictionary_words_falls_with_noise(rng, en_si):
         tr, te = dictionary_ids(train, s2i, t2i), dictionary_ids(test, s2i, t2i)
         assert te.n_src_total == 1500 and 1000 < te.n_src_found < 1500
         w = procrustes(x[tr.pairs[:, 0]], y[tr.pairs[:, 1]])
-        res = evaluate_bli(np.asarray(apply_map(x, w)), y, te.pairs, retrieval="csls", key_block=2048)
+        res = evaluate_bli(
+            np.asarray(apply_map(x, w)), y, te.pairs, retrieval="csls", key_block=2048
+        )
         assert res["n_queries"] == te.n_src_found
         assert res["precision_at_1"] <= res["precision_at_5"] <= res["precision_at_10"]
         p_at_1.append(res["precision_at_1"])
@@ -224,7 +234,9 @@ def test_refinement_recovers_rotation_from_5pct_seed(rng):
     # the induced dictionary is exactly the true pairs inside the rank window (mutual NN, CSLS)
     inside = truth[(truth[:, 0] < max_rank) & (truth[:, 1] < max_rank)]
     np.testing.assert_array_equal(dico, inside[np.argsort(inside[:, 0])])
-    np.testing.assert_allclose(np.asarray(w2), np.asarray(procrustes(x[inside[:, 0]], y[inside[:, 1]])), atol=1e-6)
+    np.testing.assert_allclose(
+        np.asarray(w2), np.asarray(procrustes(x[inside[:, 0]], y[inside[:, 1]])), atol=1e-6
+    )
     err0, err2 = np.linalg.norm(np.asarray(w0) - r), np.linalg.norm(np.asarray(w2) - r)
     assert err2 < 0.5 * err0 and err2 < 0.3
     # one direction only gives a superset of the mutual dictionary
@@ -234,18 +246,19 @@ def test_refinement_recovers_rotation_from_5pct_seed(rng):
 
 # -------------------------------------------------------------- files and CLI
 
+
 def test_read_vec_malformed_duplicates_utf8(tmp_path, rng):
     vecs = rng.normal(size=(4, 3)).astype(np.float32)
     fmt = lambda v: " ".join(repr(float(a)) for a in v)  # noqa: E731
     lines = [
         b"6 3",
-        f"ශ්\u200dරී {fmt(vecs[0])} ".encode(),         # Sinhala with ZWJ, trailing space (fastText)
+        f"ශ්\u200dරී {fmt(vecs[0])} ".encode(),  # Sinhala with ZWJ, trailing space (fastText)
         f"the {fmt(vecs[1])}".encode(),
-        f"bad 1.0 2.0".encode(),                        # too few values
-        f"nan? 1.0 x 2.0".encode(),                     # not a float
-        b"\xff\xfeword 1 2 3",                          # invalid UTF-8
-        f"the {fmt(vecs[2])}".encode(),                 # duplicate: first wins
-        f"a\u2028b {fmt(vecs[3])}".encode(),            # U+2028 inside a word is not a line break
+        "bad 1.0 2.0".encode(),  # too few values
+        "nan? 1.0 x 2.0".encode(),  # not a float
+        b"\xff\xfeword 1 2 3",  # invalid UTF-8
+        f"the {fmt(vecs[2])}".encode(),  # duplicate: first wins
+        f"a\u2028b {fmt(vecs[3])}".encode(),  # U+2028 inside a word is not a line break
         b"",
     ]
     path = tmp_path / "e.vec"
@@ -269,7 +282,11 @@ def test_read_dictionary_space_or_tab(tmp_path):
     pairs = read_dictionary(p)
     assert pairs == [("dog", "බල්ලා"), ("cat", "පූසා"), ("dog", "බල්ලා")]
     ids = dictionary_ids(pairs + [("cow", "x")], {"dog": 0, "cat": 1}, {"බල්ලා": 5, "පූසා": 2})
-    assert ids.pairs.tolist() == [[0, 5], [1, 2], [0, 5]] and ids.n_src_found == 2 and ids.n_src_total == 3
+    assert (
+        ids.pairs.tolist() == [[0, 5], [1, 2], [0, 5]]
+        and ids.n_src_found == 2
+        and ids.n_src_total == 3
+    )
 
 
 def test_normalize_chain(rng):
@@ -284,7 +301,9 @@ def test_normalize_chain(rng):
     np.testing.assert_array_equal(normalize_embeddings(x, "unit, center ,unit"), got)
     np.testing.assert_array_equal(normalize_embeddings(x, ""), x)
     np.testing.assert_allclose(normalize_embeddings(x, "centeremb").mean(axis=1), 0, atol=1e-5)
-    np.testing.assert_allclose(np.linalg.norm(normalize_embeddings(x, "unitdim"), axis=0), 1, atol=1e-6)
+    np.testing.assert_allclose(
+        np.linalg.norm(normalize_embeddings(x, "unitdim"), axis=0), 1, atol=1e-6
+    )
     with pytest.raises(ValueError, match="unknown normalisation"):
         normalize_embeddings(x, "renorm,whiten")
 
@@ -298,16 +317,43 @@ def test_cli_end_to_end_json(tmp_path, rng, en_si, shared_data, capsys):
     write_vec(tmp_path / "si.vec", si, y)
     parser = argparse.ArgumentParser()
     cli.add_arguments(parser)
-    args = parser.parse_args([
-        "--src-emb", str(tmp_path / "en.vec"), "--tgt-emb", str(tmp_path / "si.vec"),
-        "--train-dict", str(shared_data / BLI / TRAIN), "--test-dict", str(shared_data / BLI / TEST),
-        "--refine", "1", "--max-rank", "3000", "--normalize", "renorm,center,renorm", "--retrieval", "csls",
-        "--max-vocab", "100000", "--key-block", "2048", "--out", str(tmp_path / "mapped.vec"), "--json",
-    ])
+    args = parser.parse_args(
+        [
+            "--src-emb",
+            str(tmp_path / "en.vec"),
+            "--tgt-emb",
+            str(tmp_path / "si.vec"),
+            "--train-dict",
+            str(shared_data / BLI / TRAIN),
+            "--test-dict",
+            str(shared_data / BLI / TEST),
+            "--refine",
+            "1",
+            "--max-rank",
+            "3000",
+            "--normalize",
+            "renorm,center,renorm",
+            "--retrieval",
+            "csls",
+            "--max-vocab",
+            "100000",
+            "--key-block",
+            "2048",
+            "--out",
+            str(tmp_path / "mapped.vec"),
+            "--json",
+        ]
+    )
     assert cli.run(args) == 0
     out = capsys.readouterr().out.strip().splitlines()
     res = json.loads(out[-1])
-    assert set(res) == {"precision_at_1", "precision_at_5", "precision_at_10", "n_queries", "n_queries_total"}
+    assert set(res) == {
+        "precision_at_1",
+        "precision_at_5",
+        "precision_at_10",
+        "n_queries",
+        "n_queries_total",
+    }
     assert res["n_queries_total"] == 1500 and 1000 < res["n_queries"] < 1500
     assert res["precision_at_1"] >= 99.0
     mapped = read_vec(tmp_path / "mapped.vec")

@@ -27,8 +27,13 @@ from jaxembed.eval import (
 )
 
 EXPECTED_PAIRS = {
-    "STS12": 3108, "STS13": 1500, "STS14": 3750, "STS15": 3000, "STS16": 1186,
-    "STSBenchmark": 1379, "SICKRelatedness": 4927,
+    "STS12": 3108,
+    "STS13": 1500,
+    "STS14": 3750,
+    "STS15": 3000,
+    "STS16": 1186,
+    "STSBenchmark": 1379,
+    "SICKRelatedness": 4927,
 }
 
 
@@ -46,8 +51,12 @@ class BagOfWords:
     def __call__(self, sentences):
         self.calls.append(list(sentences))
         # sorted words: equal bags give bit-identical vectors, so their ties are exact
-        return np.stack([sum((self.vector(w) for w in sorted(s.split())), np.zeros(self.dim))
-                         for s in sentences])
+        return np.stack(
+            [
+                sum((self.vector(w) for w in sorted(s.split())), np.zeros(self.dim))
+                for s in sentences
+            ]
+        )
 
 
 @pytest.mark.parametrize("sub", ["", "downstream"])
@@ -75,7 +84,7 @@ def test_loader_subsets_and_blank_gold_lines(shared_data):
 
 
 def test_raw_releases_match_senteval_gold(shared_data):
-    """The original cased releases (STS2016.* names, extra STS-B columns) give the same gold scores."""
+    """The original cased releases (STS2016.* names, extra STS-B columns) give the same gold."""
     for task in ("STS12", "STS15", "STS16"):
         raw = load_sts_task(shared_data / "sts_raw", task)
         proc = load_sts_task(shared_data / "senteval", task)
@@ -95,8 +104,10 @@ def test_spearman_matches_scipy_with_ties(rng):
         if np.ptp(x) == 0:
             x[0] += 1.0
         np.testing.assert_array_equal(average_ranks(x), scipy.stats.rankdata(x))
-        np.testing.assert_allclose(spearman(x, y), scipy.stats.spearmanr(x, y)[0], rtol=0, atol=1e-12)
-    assert spearman(np.arange(5.0), -np.arange(5.0) ** 3) == pytest.approx(-1.0, abs=1e-15)
+        np.testing.assert_allclose(
+            spearman(x, y), scipy.stats.spearmanr(x, y)[0], rtol=0, atol=1e-12
+        )
+    assert spearman(np.arange(5.0), -(np.arange(5.0) ** 3)) == pytest.approx(-1.0, abs=1e-15)
     assert np.isnan(spearman(np.ones(4), np.arange(4.0)))
 
 
@@ -104,7 +115,12 @@ def test_cosine_spearman_matches_scipy(rng):
     e1 = rng.normal(size=(200, 8)).astype(np.float32)
     e2 = (e1 + rng.normal(size=(200, 8))).astype(np.float32)
     gold = rng.integers(0, 6, size=200).astype(np.float64)
-    cos = np.array([1 - scipy.spatial.distance.cosine(a, b) for a, b in zip(e1.astype(np.float64), e2.astype(np.float64))])
+    cos = np.array(
+        [
+            1 - scipy.spatial.distance.cosine(a, b)
+            for a, b in zip(e1.astype(np.float64), e2.astype(np.float64))
+        ]
+    )
     np.testing.assert_allclose(rowwise_cosine(e1, e2), cos, rtol=0, atol=1e-12)
     expected = 100 * scipy.stats.spearmanr(cos, gold)[0]
     assert cosine_spearman(e1, e2, gold) == pytest.approx(expected, abs=1e-9)
@@ -137,7 +153,10 @@ def test_all_vs_wmean_semantics(rng):
         return [1 - scipy.spatial.distance.cosine(a, b) for a, b in zip(e1, e2)]
 
     sims = [cos(s) for s in subsets]
-    ref_all = 100 * scipy.stats.spearmanr(np.concatenate(sims), np.concatenate([s.gold for s in subsets]))[0]
+    ref_all = (
+        100
+        * scipy.stats.spearmanr(np.concatenate(sims), np.concatenate([s.gold for s in subsets]))[0]
+    )
     rhos = [scipy.stats.spearmanr(c, s.gold)[0] for c, s in zip(sims, subsets)]
     ref_wmean = 100 * (40 * rhos[0] + 25 * rhos[1]) / 65
     assert got_all == pytest.approx(ref_all, abs=1e-9)
@@ -163,7 +182,10 @@ def test_evaluate_sts_real_data(shared_data, rng):
     assert 10 < res["STSBenchmark"] < 90  # bag of words correlates, but not perfectly
     table = format_table(res)
     assert table.splitlines()[0].split() == ["STS13", "STS-B", "Avg"]
-    assert evaluate_sts(enc, shared_data / "senteval", tasks="STSBenchmark")["STSBenchmark"] == res["STSBenchmark"]
+    assert (
+        evaluate_sts(enc, shared_data / "senteval", tasks="STSBenchmark")["STSBenchmark"]
+        == res["STSBenchmark"]
+    )
     with pytest.raises(ValueError, match="unknown"):
         evaluate_sts(enc, shared_data / "senteval", tasks=["STS17"])
 
@@ -204,16 +226,32 @@ def test_cli_json_with_stub_encoder(shared_data, rng, monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "jaxembed.models.encoder", stub)
     parser = argparse.ArgumentParser()
     cli.add_arguments(parser)
-    rc = cli.run(parser.parse_args(["--model", "some/model", "--data-dir", str(shared_data / "senteval"),
-                   "--pooling", "mean", "--tasks", "STSBenchmark,SICKRelatedness", "--batch-size", "7",
-                   "--json"]))
+    rc = cli.run(
+        parser.parse_args(
+            [
+                "--model",
+                "some/model",
+                "--data-dir",
+                str(shared_data / "senteval"),
+                "--pooling",
+                "mean",
+                "--tasks",
+                "STSBenchmark,SICKRelatedness",
+                "--batch-size",
+                "7",
+                "--json",
+            ]
+        )
+    )
     out = capsys.readouterr().out.strip().splitlines()
     assert rc == 0
     assert seen == {"path": "some/model", "pooling": "mean", "batch_size": 7}
     payload = json.loads(out[-1])
     assert set(payload) == {"STSBenchmark", "SICKRelatedness", "Avg"}
     assert out[0].split() == ["STS-B", "SICK-R", "Avg"]
-    assert payload["Avg"] == pytest.approx((payload["STSBenchmark"] + payload["SICKRelatedness"]) / 2)
+    assert payload["Avg"] == pytest.approx(
+        (payload["STSBenchmark"] + payload["SICKRelatedness"]) / 2
+    )
     assert set(STS_TASKS) >= set(payload) - {"Avg"}
 
 
@@ -225,9 +263,23 @@ def test_cli_json_with_tiny_bert_matches_torch(shared_data, tiny_bert_dir, capsy
 
     parser = argparse.ArgumentParser()
     cli.add_arguments(parser)
-    rc = cli.run(parser.parse_args(["--model", str(tiny_bert_dir), "--data-dir", str(shared_data / "senteval"),
-                                    "--pooling", "mean", "--tasks", "STSBenchmark", "--batch-size", "256",
-                                    "--json"]))
+    rc = cli.run(
+        parser.parse_args(
+            [
+                "--model",
+                str(tiny_bert_dir),
+                "--data-dir",
+                str(shared_data / "senteval"),
+                "--pooling",
+                "mean",
+                "--tasks",
+                "STSBenchmark",
+                "--batch-size",
+                "256",
+                "--json",
+            ]
+        )
+    )
     out = capsys.readouterr().out.strip().splitlines()
     assert rc == 0
     payload = json.loads(out[-1])
@@ -248,4 +300,6 @@ def test_cli_json_with_tiny_bert_matches_torch(shared_data, tiny_bert_dir, capsy
     cos = np.einsum("nd,nd->n", e1, e2) / np.linalg.norm(e1, axis=1) / np.linalg.norm(e2, axis=1)
     # float32 (jax) vs float64-pooled (torch) embeddings: a near-tied pair of cosines may
     # swap ranks, moving 100 rho by ~1e-4; observed difference ~6e-6
-    assert payload["STSBenchmark"] == pytest.approx(100 * scipy.stats.spearmanr(cos, gold)[0], abs=1e-3)
+    assert payload["STSBenchmark"] == pytest.approx(
+        100 * scipy.stats.spearmanr(cos, gold)[0], abs=1e-3
+    )

@@ -2,7 +2,8 @@
 
 Typical use (what ``jaxembed align`` runs)::
 
-    src, tgt = read_vec("wiki.en.vec", max_vocab=200_000), read_vec("wiki.si.vec", max_vocab=200_000)
+    src = read_vec("wiki.en.vec", max_vocab=200_000)
+    tgt = read_vec("wiki.si.vec", max_vocab=200_000)
     x = normalize_embeddings(src.vectors, "renorm,center,renorm")
     y = normalize_embeddings(tgt.vectors, "renorm,center,renorm")
     train = dictionary_ids(read_dictionary("train.txt"), src.word2id, tgt.word2id)
@@ -15,14 +16,27 @@ import importlib
 
 # name -> submodule; imported lazily so that ``jaxembed align --help`` does not load jax
 _EXPORTS = {
-    "bli_precision": "bli", "evaluate_bli": "bli", "gold_sets": "bli", "translate": "bli",
-    "DictionaryIds": "io", "WordVectors": "io", "dictionary_ids": "io", "read_dictionary": "io",
-    "read_vec": "io", "write_vec": "io",
-    "normalize_embeddings": "normalize", "parse_chain": "normalize",
+    "bli_precision": "bli",
+    "evaluate_bli": "bli",
+    "gold_sets": "bli",
+    "translate": "bli",
+    "DictionaryIds": "io",
+    "WordVectors": "io",
+    "dictionary_ids": "io",
+    "read_dictionary": "io",
+    "read_vec": "io",
+    "write_vec": "io",
+    "normalize_embeddings": "normalize",
+    "parse_chain": "normalize",
     "procrustes": "orthogonal",
-    "apply_map": "refinement", "induce_dictionary": "refinement", "refine": "refinement",
-    "csls_topk": "retrieval", "l2_normalize": "retrieval", "mean_topk_similarity": "retrieval",
-    "nn_topk": "retrieval", "topk_scores": "retrieval",
+    "apply_map": "refinement",
+    "induce_dictionary": "refinement",
+    "refine": "refinement",
+    "csls_topk": "retrieval",
+    "l2_normalize": "retrieval",
+    "mean_topk_similarity": "retrieval",
+    "nn_topk": "retrieval",
+    "topk_scores": "retrieval",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -22,7 +22,7 @@ RETRIEVALS = ("nn", "csls")
 
 
 def gold_sets(pairs) -> tuple[np.ndarray, list[set]]:
-    """Group dictionary id pairs [P, 2] by source: ``(query ids [Q] sorted, [gold target ids per query])``."""
+    """Group id pairs [P, 2] by source: ``(sorted query ids [Q], [gold target ids per query])``."""
     pairs = np.asarray(pairs, dtype=np.int64).reshape(-1, 2)
     gold: dict[int, set] = {}
     for s, t in pairs.tolist():
@@ -48,7 +48,9 @@ def bli_precision(topk_ids, gold, *, ks=(1, 5, 10)) -> dict:
     """
     topk_ids = np.asarray(topk_ids)
     if topk_ids.ndim != 2 or topk_ids.shape[0] != len(gold):
-        raise ValueError(f"topk_ids must be [Q, K] with Q = {len(gold)} gold sets, got shape {topk_ids.shape}")
+        raise ValueError(
+            f"topk_ids must be [Q, K] with Q = {len(gold)} gold sets, got shape {topk_ids.shape}"
+        )
     if topk_ids.shape[0] == 0:
         raise ValueError("no queries to evaluate")
     if max(ks) > topk_ids.shape[1]:
@@ -59,8 +61,18 @@ def bli_precision(topk_ids, gold, *, ks=(1, 5, 10)) -> dict:
     return {k: 100.0 * float(np.mean(first < k)) for k in ks}
 
 
-def translate(mapped_src, tgt, query_ids, *, retrieval: str = "csls", k: int = 10, knn: int = 10,
-              query_block: int = 1024, key_block: int = 8192, mesh=None) -> np.ndarray:
+def translate(
+    mapped_src,
+    tgt,
+    query_ids,
+    *,
+    retrieval: str = "csls",
+    k: int = 10,
+    knn: int = 10,
+    query_block: int = 1024,
+    key_block: int = 8192,
+    mesh=None,
+) -> np.ndarray:
     """Top-k target ids [Q, k] for source rows ``query_ids`` of the mapped source space.
 
     CSLS uses the whole ``mapped_src`` for r_S (as MUSE does).
@@ -77,8 +89,18 @@ def translate(mapped_src, tgt, query_ids, *, retrieval: str = "csls", k: int = 1
     return np.asarray(ids)
 
 
-def evaluate_bli(mapped_src, tgt, pairs, *, retrieval: str = "csls", knn: int = 10, ks=(1, 5, 10),
-                 query_block: int = 1024, key_block: int = 8192, mesh=None) -> dict:
+def evaluate_bli(
+    mapped_src,
+    tgt,
+    pairs,
+    *,
+    retrieval: str = "csls",
+    knn: int = 10,
+    ks=(1, 5, 10),
+    query_block: int = 1024,
+    key_block: int = 8192,
+    mesh=None,
+) -> dict:
     """P@k of translating the test pairs' source words.
 
     Args:
@@ -91,8 +113,17 @@ def evaluate_bli(mapped_src, tgt, pairs, *, retrieval: str = "csls", knn: int = 
         ``{"precision_at_1": ..., "precision_at_5": ..., "precision_at_10": ..., "n_queries": Q}``.
     """
     queries, gold = gold_sets(pairs)
-    ids = translate(mapped_src, tgt, queries, retrieval=retrieval, k=max(ks), knn=knn,
-                    query_block=query_block, key_block=key_block, mesh=mesh)
+    ids = translate(
+        mapped_src,
+        tgt,
+        queries,
+        retrieval=retrieval,
+        k=max(ks),
+        knn=knn,
+        query_block=query_block,
+        key_block=key_block,
+        mesh=mesh,
+    )
     out = {f"precision_at_{k}": p for k, p in bli_precision(ids, gold, ks=ks).items()}
     out["n_queries"] = int(len(queries))
     return out

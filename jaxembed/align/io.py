@@ -19,7 +19,14 @@ import pathlib
 
 import numpy as np
 
-__all__ = ["WordVectors", "read_vec", "write_vec", "read_dictionary", "dictionary_ids", "DictionaryIds"]
+__all__ = [
+    "WordVectors",
+    "read_vec",
+    "write_vec",
+    "read_dictionary",
+    "dictionary_ids",
+    "DictionaryIds",
+]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -164,6 +171,8 @@ class DictionaryIds:
 
 def dictionary_ids(pairs, src_word2id: dict, tgt_word2id: dict) -> DictionaryIds:
     """Map word pairs to row ids, dropping pairs with a word missing from either vocabulary."""
-    found = [(src_word2id[s], tgt_word2id[t]) for s, t in pairs if s in src_word2id and t in tgt_word2id]
+    found = [
+        (src_word2id[s], tgt_word2id[t]) for s, t in pairs if s in src_word2id and t in tgt_word2id
+    ]
     ids = np.array(found, dtype=np.int64).reshape(-1, 2)
     return DictionaryIds(ids, len(np.unique(ids[:, 0])), len({s for s, _ in pairs}))

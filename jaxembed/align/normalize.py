@@ -58,7 +58,9 @@ def parse_chain(chain) -> list[str]:
     steps = [s for s in steps if s and s != "none"]
     unknown = [s for s in steps if s not in NORMALIZATIONS]
     if unknown:
-        raise ValueError(f"unknown normalisation {unknown}; expected names from {sorted(NORMALIZATIONS)}")
+        raise ValueError(
+            f"unknown normalisation {unknown}; expected names from {sorted(NORMALIZATIONS)}"
+        )
     return steps
 
 

@@ -48,7 +48,10 @@ def procrustes(src, tgt) -> jax.Array:
     src = jnp.asarray(src)
     tgt = jnp.asarray(tgt)
     if src.ndim != 2 or tgt.ndim != 2 or src.shape[0] != tgt.shape[0]:
-        raise ValueError(f"procrustes expects src [P, d] and tgt [P, d'] with equal P, got {src.shape} and {tgt.shape}")
+        raise ValueError(
+            "procrustes expects src [P, d] and tgt [P, d'] with equal P, "
+            f"got {src.shape} and {tgt.shape}"
+        )
     if src.shape[0] == 0:
         raise ValueError("procrustes needs at least one dictionary pair")
     return _procrustes(src.astype(jnp.float32), tgt.astype(jnp.float32))

@@ -35,8 +35,11 @@ MODES = ("S2T", "T2S", "S2T&T2S", "S2T|T2S")
 
 def apply_map(x, w) -> jax.Array:
     """``x @ w`` in float32 at highest precision. [n, d] x [d, d'] -> [n, d']."""
-    return jnp.matmul(jnp.asarray(x, jnp.float32), jnp.asarray(w, jnp.float32),
-                      precision=jax.lax.Precision.HIGHEST)
+    return jnp.matmul(
+        jnp.asarray(x, jnp.float32),
+        jnp.asarray(w, jnp.float32),
+        precision=jax.lax.Precision.HIGHEST,
+    )
 
 
 def _best_match(queries, keys, *, retrieval, knn, query_r, key_r, blocking) -> np.ndarray:
@@ -47,9 +50,18 @@ def _best_match(queries, keys, *, retrieval, knn, query_r, key_r, blocking) -> n
     return np.asarray(ids)[:, 0].astype(np.int64)
 
 
-def induce_dictionary(mapped_src, tgt, *, max_rank: int | None = 10000, knn: int = 10,
-                      retrieval: str = "csls", mode: str = "S2T&T2S", query_block: int = 1024,
-                      key_block: int = 8192, mesh=None) -> np.ndarray:
+def induce_dictionary(
+    mapped_src,
+    tgt,
+    *,
+    max_rank: int | None = 10000,
+    knn: int = 10,
+    retrieval: str = "csls",
+    mode: str = "S2T&T2S",
+    query_block: int = 1024,
+    key_block: int = 8192,
+    mesh=None,
+) -> np.ndarray:
     """Build a dictionary [P, 2] of (source row, target row) from aligned spaces.
 
     Args:
@@ -78,22 +90,51 @@ def induce_dictionary(mapped_src, tgt, *, max_rank: int | None = 10000, knn: int
         r_s = mean_topk_similarity(t, s, k=knn, **blocking)  # density of each target among sources
     found = []
     if mode != "T2S":
-        j = _best_match(s[:n_s], t, retrieval=retrieval, knn=knn, query_r=None if r_t is None else r_t[:n_s],
-                        key_r=r_s, blocking=blocking)
+        j = _best_match(
+            s[:n_s],
+            t,
+            retrieval=retrieval,
+            knn=knn,
+            query_r=None if r_t is None else r_t[:n_s],
+            key_r=r_s,
+            blocking=blocking,
+        )
         i = np.arange(n_s)
         found.append({(a, b) for a, b in zip(i.tolist(), j.tolist()) if b < n_t})
     if mode != "S2T":
-        i = _best_match(t[:n_t], s, retrieval=retrieval, knn=knn, query_r=None if r_s is None else r_s[:n_t],
-                        key_r=r_t, blocking=blocking)
+        i = _best_match(
+            t[:n_t],
+            s,
+            retrieval=retrieval,
+            knn=knn,
+            query_r=None if r_s is None else r_s[:n_t],
+            key_r=r_t,
+            blocking=blocking,
+        )
         j = np.arange(n_t)
         found.append({(a, b) for a, b in zip(i.tolist(), j.tolist()) if a < n_s})
-    pairs = found[0] if len(found) == 1 else (found[0] & found[1] if mode == "S2T&T2S" else found[0] | found[1])
+    pairs = (
+        found[0]
+        if len(found) == 1
+        else (found[0] & found[1] if mode == "S2T&T2S" else found[0] | found[1])
+    )
     return np.array(sorted(pairs), dtype=np.int64).reshape(-1, 2)
 
 
-def refine(src, tgt, seed_pairs, *, n_iter: int = 5, max_rank: int | None = 10000, knn: int = 10,
-           retrieval: str = "csls", mode: str = "S2T&T2S", query_block: int = 1024, key_block: int = 8192,
-           mesh=None) -> tuple[jax.Array, np.ndarray]:
+def refine(
+    src,
+    tgt,
+    seed_pairs,
+    *,
+    n_iter: int = 5,
+    max_rank: int | None = 10000,
+    knn: int = 10,
+    retrieval: str = "csls",
+    mode: str = "S2T&T2S",
+    query_block: int = 1024,
+    key_block: int = 8192,
+    mesh=None,
+) -> tuple[jax.Array, np.ndarray]:
     """Procrustes on ``seed_pairs``, then ``n_iter`` rounds of induction + Procrustes.
 
     Args:
@@ -117,8 +158,17 @@ def refine(src, tgt, seed_pairs, *, n_iter: int = 5, max_rank: int | None = 1000
     pairs = np.asarray(seed_pairs, dtype=np.int64).reshape(-1, 2)
     w = procrustes(src[pairs[:, 0]], tgt[pairs[:, 1]])
     for it in range(n_iter):
-        pairs = induce_dictionary(apply_map(src, w), tgt, max_rank=max_rank, knn=knn, retrieval=retrieval,
-                                  mode=mode, query_block=query_block, key_block=key_block, mesh=mesh)
+        pairs = induce_dictionary(
+            apply_map(src, w),
+            tgt,
+            max_rank=max_rank,
+            knn=knn,
+            retrieval=retrieval,
+            mode=mode,
+            query_block=query_block,
+            key_block=key_block,
+            mesh=mesh,
+        )
         if pairs.shape[0] == 0:
             raise ValueError(f"refinement round {it + 1} induced an empty dictionary")
         w = procrustes(src[pairs[:, 0]], tgt[pairs[:, 1]])

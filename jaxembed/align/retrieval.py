@@ -34,7 +34,8 @@ import math
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 __all__ = ["topk_scores", "nn_topk", "csls_topk", "mean_topk_similarity", "l2_normalize"]
 
@@ -84,7 +85,10 @@ def _block_topk_fn(k: int, key_block: int, mesh: Mesh | None):
             i = jnp.take_along_axis(jnp.concatenate([best_i, i], axis=1), sel, axis=1)
             return (v, i), None
 
-        init = (jnp.full((q.shape[0], k), -jnp.inf, jnp.float32), jnp.full((q.shape[0], k), -1, jnp.int32))
+        init = (
+            jnp.full((q.shape[0], k), -jnp.inf, jnp.float32),
+            jnp.full((q.shape[0], k), -1, jnp.int32),
+        )
         (v, i), _ = jax.lax.scan(step, init, (keys, bias, jnp.arange(n_blocks, dtype=jnp.int32)))
         if mesh is not None:  # merge the per-device lists; device order = key order
             v = jax.lax.all_gather(v, _AXIS, axis=1, tiled=True)
@@ -95,8 +99,9 @@ def _block_topk_fn(k: int, key_block: int, mesh: Mesh | None):
 
     if mesh is None:
         return local
-    return jax.shard_map(local, mesh=mesh, in_specs=(P(), P(_AXIS), P(_AXIS)), out_specs=(P(), P()),
-                         check_vma=False)
+    return jax.shard_map(
+        local, mesh=mesh, in_specs=(P(), P(_AXIS), P(_AXIS)), out_specs=(P(), P()), check_vma=False
+    )
 
 
 def _topk(q, keys, bias, *, k, query_block, key_block, mesh):
@@ -111,7 +116,9 @@ def _topk(q, keys, bias, *, k, query_block, key_block, mesh):
     total = shards * n_blocks * bk
     bias = jnp.zeros((m,), jnp.float32) if bias is None else bias.astype(jnp.float32)
     # padded keys score -inf (bias +inf) and are never selected since k <= m
-    keys = jnp.pad(keys.astype(jnp.float32), ((0, total - m), (0, 0))).reshape(shards * n_blocks, bk, d)
+    keys = jnp.pad(keys.astype(jnp.float32), ((0, total - m), (0, 0))).reshape(
+        shards * n_blocks, bk, d
+    )
     bias = jnp.pad(bias, (0, total - m), constant_values=jnp.inf).reshape(shards * n_blocks, bk)
     if mesh is not None:
         keys = jax.lax.with_sharding_constraint(keys, NamedSharding(mesh, P(_AXIS)))
@@ -134,13 +141,22 @@ def _topk_jit(q, keys, bias, *, k, query_block, key_block, mesh):
 
 @functools.partial(jax.jit, static_argnames=_STATIC)
 def _nn_jit(q, keys, *, k, query_block, key_block, mesh):
-    return _topk(_normalize(q), _normalize(keys), None, k=k, query_block=query_block, key_block=key_block,
-                 mesh=mesh)
+    return _topk(
+        _normalize(q),
+        _normalize(keys),
+        None,
+        k=k,
+        query_block=query_block,
+        key_block=key_block,
+        mesh=mesh,
+    )
 
 
 @functools.partial(jax.jit, static_argnames=_STATIC)
 def _density_jit(q, keys, *, k, query_block, key_block, mesh):
-    return jnp.mean(_nn_jit(q, keys, k=k, query_block=query_block, key_block=key_block, mesh=mesh)[0], axis=1)
+    return jnp.mean(
+        _nn_jit(q, keys, k=k, query_block=query_block, key_block=key_block, mesh=mesh)[0], axis=1
+    )
 
 
 @functools.partial(jax.jit, static_argnames=("knn", *_STATIC))
@@ -164,7 +180,9 @@ def _validate(queries, keys, k, query_block, key_block):
     _check_2d("queries", q)
     _check_2d("keys", kv)
     if q.shape[1] != kv.shape[1]:
-        raise ValueError(f"queries [N, d] and keys [M, d] must share d, got {q.shape} and {kv.shape}")
+        raise ValueError(
+            f"queries [N, d] and keys [M, d] must share d, got {q.shape} and {kv.shape}"
+        )
     if not 1 <= k <= kv.shape[0]:
         raise ValueError(f"k must be in [1, {kv.shape[0]}] (the number of keys), got {k}")
     if query_block < 1 or key_block < 1:
@@ -181,8 +199,16 @@ def _check_vector(name, x, n):
     return x
 
 
-def topk_scores(queries, keys, *, k: int, key_bias=None, query_block: int = 1024,
-                key_block: int = 8192, mesh=None) -> tuple[jax.Array, jax.Array]:
+def topk_scores(
+    queries,
+    keys,
+    *,
+    k: int,
+    key_bias=None,
+    query_block: int = 1024,
+    key_block: int = 8192,
+    mesh=None,
+) -> tuple[jax.Array, jax.Array]:
     """Exact top-k of ``s_ij = <q_i, key_j> - key_bias_j`` over j, blockwise.
 
     Args:
@@ -203,25 +229,42 @@ def topk_scores(queries, keys, *, k: int, key_bias=None, query_block: int = 1024
     """
     q, kv = _validate(queries, keys, k, query_block, key_block)
     bias = _check_vector("key_bias", key_bias, kv.shape[0])
-    return _topk_jit(q, kv, bias, k=k, query_block=query_block, key_block=key_block, mesh=_flat_mesh(mesh))
+    return _topk_jit(
+        q, kv, bias, k=k, query_block=query_block, key_block=key_block, mesh=_flat_mesh(mesh)
+    )
 
 
-def nn_topk(queries, keys, *, k: int = 10, query_block: int = 1024, key_block: int = 8192,
-            mesh=None) -> tuple[jax.Array, jax.Array]:
-    """Cosine nearest neighbours: top-k of cos(q_i, key_j). Returns ``(cosines [N, k], ids [N, k])``."""
+def nn_topk(
+    queries, keys, *, k: int = 10, query_block: int = 1024, key_block: int = 8192, mesh=None
+) -> tuple[jax.Array, jax.Array]:
+    """Cosine nearest neighbours: top-k of cos(q_i, key_j) -> ``(cosines [N, k], ids [N, k])``."""
     q, kv = _validate(queries, keys, k, query_block, key_block)
     return _nn_jit(q, kv, k=k, query_block=query_block, key_block=key_block, mesh=_flat_mesh(mesh))
 
 
-def mean_topk_similarity(queries, keys, *, k: int = 10, query_block: int = 1024, key_block: int = 8192,
-                         mesh=None) -> jax.Array:
-    """CSLS's neighbourhood density r(q_i) = mean of the k largest cos(q_i, key_j). Returns [N] float32."""
+def mean_topk_similarity(
+    queries, keys, *, k: int = 10, query_block: int = 1024, key_block: int = 8192, mesh=None
+) -> jax.Array:
+    """CSLS's neighbourhood density r(q_i) = mean of the k largest cos(q_i, key_j); [N] float32."""
     q, kv = _validate(queries, keys, k, query_block, key_block)
-    return _density_jit(q, kv, k=k, query_block=query_block, key_block=key_block, mesh=_flat_mesh(mesh))
+    return _density_jit(
+        q, kv, k=k, query_block=query_block, key_block=key_block, mesh=_flat_mesh(mesh)
+    )
 
 
-def csls_topk(queries, keys, *, k: int = 10, knn: int = 10, sources=None, query_r=None, key_r=None,
-              query_block: int = 1024, key_block: int = 8192, mesh=None) -> tuple[jax.Array, jax.Array]:
+def csls_topk(
+    queries,
+    keys,
+    *,
+    k: int = 10,
+    knn: int = 10,
+    sources=None,
+    query_r=None,
+    key_r=None,
+    query_block: int = 1024,
+    key_block: int = 8192,
+    mesh=None,
+) -> tuple[jax.Array, jax.Array]:
     """Top-k keys by CSLS(q, y) = 2 cos(q, y) - r_T(q) - r_S(y).
 
     Args:
@@ -239,7 +282,8 @@ def csls_topk(queries, keys, *, k: int = 10, knn: int = 10, sources=None, query_
         ``(csls [N, k] float32, ids [N, k] int32)``, best first.
 
     Example:
-        >>> scores, ids = csls_topk(src_emb[queries] @ w, tgt_emb, sources=src_emb @ w)  # doctest: +SKIP
+        >>> mapped = src_emb @ w  # doctest: +SKIP
+        >>> scores, ids = csls_topk(mapped[queries], tgt_emb, sources=mapped)  # doctest: +SKIP
     """
     q, kv = _validate(queries, keys, k, query_block, key_block)
     if query_r is None and not 1 <= knn <= kv.shape[0]:
@@ -254,5 +298,15 @@ def csls_topk(queries, keys, *, k: int = 10, knn: int = 10, sources=None, query_
         raise ValueError(f"knn must be in [1, {n_src}] (the number of sources), got {knn}")
     query_r = _check_vector("query_r", query_r, q.shape[0])
     key_r = _check_vector("key_r", key_r, kv.shape[0])
-    return _csls_jit(q, kv, sources, query_r, key_r, k=k, knn=knn, query_block=query_block,
-                     key_block=key_block, mesh=_flat_mesh(mesh))
+    return _csls_jit(
+        q,
+        kv,
+        sources,
+        query_r,
+        key_r,
+        k=k,
+        knn=knn,
+        query_block=query_block,
+        key_block=key_block,
+        mesh=_flat_mesh(mesh),
+    )

@@ -5,7 +5,14 @@ STS12-16, STS-B and SICK-R as Spearman x 100 of cosine similarity;
 ``read_stsb`` and ``cosine_spearman`` serve dev-set evaluation during training.
 """
 
-from jaxembed.eval.datasets import STS_SUBSETS, STS_TASKS, StsSubset, load_sts_task, read_sick, read_stsb
+from jaxembed.eval.datasets import (
+    STS_SUBSETS,
+    STS_TASKS,
+    StsSubset,
+    load_sts_task,
+    read_sick,
+    read_stsb,
+)
 from jaxembed.eval.stats import average_ranks, cosine_spearman, rowwise_cosine, spearman
 from jaxembed.eval.sts import evaluate_sts, format_table, score_task
 

@@ -19,23 +19,43 @@ def _task_list(text: str) -> list[str]:
     tasks = [t.strip() for t in text.split(",") if t.strip()]
     unknown = [t for t in tasks if t not in STS_TASKS]
     if unknown or not tasks:
-        raise argparse.ArgumentTypeError(f"unknown tasks {unknown}; choose from {','.join(STS_TASKS)}")
+        raise argparse.ArgumentTypeError(
+            f"unknown tasks {unknown}; choose from {','.join(STS_TASKS)}"
+        )
     return tasks
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", required=True, help="model folder (safetensors) or hub id")
-    parser.add_argument("--data-dir", required=True,
-                        help="folder holding SentEval's downstream/ (or downstream/ itself)")
-    parser.add_argument("--pooling", default=None,
-                        help="cls, cls_before_pooler, mean, max or last4_mean (default: the model's own)")
-    parser.add_argument("--tasks", type=_task_list, default=list(STS_TASKS),
-                        help="comma-separated subset of " + ",".join(STS_TASKS))
-    parser.add_argument("--aggregation", choices=("all", "wmean"), default="all",
-                        help="STS12-16: one Spearman over all subsets (papers) or size-weighted mean")
+    parser.add_argument(
+        "--data-dir",
+        required=True,
+        help="folder holding SentEval's downstream/ (or downstream/ itself)",
+    )
+    parser.add_argument(
+        "--pooling",
+        default=None,
+        help="cls, cls_before_pooler, mean, max or last4_mean (default: the model's own)",
+    )
+    parser.add_argument(
+        "--tasks",
+        type=_task_list,
+        default=list(STS_TASKS),
+        help="comma-separated subset of " + ",".join(STS_TASKS),
+    )
+    parser.add_argument(
+        "--aggregation",
+        choices=("all", "wmean"),
+        default="all",
+        help="STS12-16: one Spearman over all subsets (papers) or size-weighted mean",
+    )
     parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--max-length", type=int, default=None, help="truncate sentences to this many tokens")
-    parser.add_argument("--json", action="store_true", help="print one JSON line with the scores last")
+    parser.add_argument(
+        "--max-length", type=int, default=None, help="truncate sentences to this many tokens"
+    )
+    parser.add_argument(
+        "--json", action="store_true", help="print one JSON line with the scores last"
+    )
 
 
 def run(args: argparse.Namespace) -> int:

@@ -83,7 +83,8 @@ def read_sts_subset(input_path, gold_path) -> tuple[list[str], list[str], np.nda
     scores = [line.strip() for line in _read_lines(pathlib.Path(gold_path))]
     if len(pairs) != len(scores):
         raise ValueError(
-            f"{input_path} has {len(pairs)} lines but {gold_path} has {len(scores)}; they must align"
+            f"{input_path} has {len(pairs)} lines but {gold_path} has {len(scores)}; "
+            "they must align"
         )
     s1, s2, gold = [], [], []
     for lineno, (pair, score) in enumerate(zip(pairs, scores), start=1):
@@ -109,17 +110,22 @@ def read_stsb(path) -> tuple[list[str], list[str], np.ndarray]:
         ``(s1, s2, scores)``: two lists of n sentences and a float64 array [n] in [0, 5].
 
     Example:
-        >>> s1, s2, y = read_stsb("data/senteval/downstream/STS/STSBenchmark/sts-dev.csv")  # doctest: +SKIP
+        >>> path = "data/senteval/downstream/STS/STSBenchmark/sts-dev.csv"
+        >>> s1, s2, y = read_stsb(path)  # doctest: +SKIP
         >>> len(s1), y[:2]  # doctest: +SKIP
         (1500, array([5. , 4.75]))
     """
     s1, s2, gold = [], [], []
     with open(path, encoding="utf-8", newline="") as f:
-        for lineno, row in enumerate(csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE), start=1):
+        for lineno, row in enumerate(
+            csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE), start=1
+        ):
             if not row or not any(c.strip() for c in row):
                 continue
             if len(row) < 7:
-                raise ValueError(f"{path}:{lineno}: expected at least 7 tab-separated columns, got {len(row)}")
+                raise ValueError(
+                    f"{path}:{lineno}: expected at least 7 tab-separated columns, got {len(row)}"
+                )
             gold.append(float(row[4]))
             s1.append(_clean(row[5]))
             s2.append(_clean(row[6]))
@@ -127,7 +133,7 @@ def read_stsb(path) -> tuple[list[str], list[str], np.ndarray]:
 
 
 def read_sick(path) -> tuple[list[str], list[str], np.ndarray]:
-    """Read a SICK file (header line; columns pair_ID, sentence_A, sentence_B, relatedness_score, ...).
+    """Read a SICK file: a header line, then pair_ID, sentence_A, sentence_B, relatedness_score, ...
 
     Returns:
         ``(s1, s2, scores)`` with relatedness scores (1-5) as float64 [n].
@@ -139,7 +145,9 @@ def read_sick(path) -> tuple[list[str], list[str], np.ndarray]:
             continue
         cols = line.split("\t")
         if len(cols) < 4:
-            raise ValueError(f"{path}:{lineno}: expected at least 4 tab-separated columns, got {len(cols)}")
+            raise ValueError(
+                f"{path}:{lineno}: expected at least 4 tab-separated columns, got {len(cols)}"
+            )
         s1.append(_clean(cols[1]))
         s2.append(_clean(cols[2]))
         gold.append(float(cols[3]))
@@ -163,7 +171,9 @@ def _find_sts_file(folder: pathlib.Path, kind: str, subset: str) -> pathlib.Path
         return exact
     matches = sorted(folder.glob(f"STS*.{kind}.{subset}.txt"))  # e.g. STS2016.input.headlines.txt
     if len(matches) != 1:
-        raise FileNotFoundError(f"expected one file STS*.{kind}.{subset}.txt in {folder}, found {len(matches)}")
+        raise FileNotFoundError(
+            f"expected one file STS*.{kind}.{subset}.txt in {folder}, found {len(matches)}"
+        )
     return matches[0]
 
 
@@ -172,7 +182,8 @@ def load_sts_task(data_dir, task: str) -> list[StsSubset]:
 
     Args:
         data_dir: folder holding ``downstream/`` (or ``downstream`` itself, or the task folders).
-        task: one of ``STS12`` .. ``STS16``, ``STSBenchmark`` (test split), ``SICKRelatedness`` (test split).
+        task: one of ``STS12`` .. ``STS16``, ``STSBenchmark`` (test split),
+            ``SICKRelatedness`` (test split).
 
     Returns:
         ``[StsSubset(name, s1, s2, gold), ...]``: the year's subsets in SentEval's

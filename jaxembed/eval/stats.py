@@ -57,7 +57,9 @@ def pearson(x, y) -> float:
     x = np.asarray(x, dtype=np.float64)
     y = np.asarray(y, dtype=np.float64)
     if x.ndim != 1 or x.shape != y.shape:
-        raise ValueError(f"pearson expects two 1-D arrays of equal length, got {x.shape} and {y.shape}")
+        raise ValueError(
+            f"pearson expects two 1-D arrays of equal length, got {x.shape} and {y.shape}"
+        )
     if x.shape[0] < 2:
         raise ValueError(f"pearson needs at least 2 points, got {x.shape[0]}")
     xc = x - x.mean()
@@ -80,7 +82,9 @@ def spearman(x, y) -> float:
     x = np.asarray(x)
     y = np.asarray(y)
     if x.ndim != 1 or x.shape != y.shape:
-        raise ValueError(f"spearman expects two 1-D arrays of equal length, got {x.shape} and {y.shape}")
+        raise ValueError(
+            f"spearman expects two 1-D arrays of equal length, got {x.shape} and {y.shape}"
+        )
     return pearson(average_ranks(x), average_ranks(y))
 
 
@@ -97,7 +101,9 @@ def rowwise_cosine(a, b) -> np.ndarray:
     a = np.asarray(a, dtype=np.float64)
     b = np.asarray(b, dtype=np.float64)
     if a.ndim != 2 or a.shape != b.shape:
-        raise ValueError(f"rowwise_cosine expects two [n, d] arrays of equal shape, got {a.shape} and {b.shape}")
+        raise ValueError(
+            f"rowwise_cosine expects two [n, d] arrays of equal shape, got {a.shape} and {b.shape}"
+        )
     dots = np.einsum("nd,nd->n", a, b)
     # sqrt(|a|^2 |b|^2) rather than |a| |b|: identical rows then give exactly 1.0,
     # so duplicate pairs tie exactly in the ranking
@@ -124,5 +130,7 @@ def cosine_spearman(emb1, emb2, gold) -> float:
     sims = rowwise_cosine(emb1, emb2)
     gold = np.asarray(gold, dtype=np.float64)
     if gold.shape != sims.shape:
-        raise ValueError(f"gold has shape {gold.shape}, expected ({sims.shape[0]},) to match the embeddings")
+        raise ValueError(
+            f"gold has shape {gold.shape}, expected ({sims.shape[0]},) to match the embeddings"
+        )
     return 100.0 * spearman(sims, gold)

@@ -40,8 +40,14 @@ __all__ = [
 AGGREGATIONS = ("all", "wmean")
 # column titles of the papers' tables
 TABLE_NAMES = {
-    "STS12": "STS12", "STS13": "STS13", "STS14": "STS14", "STS15": "STS15", "STS16": "STS16",
-    "STSBenchmark": "STS-B", "SICKRelatedness": "SICK-R", "Avg": "Avg",
+    "STS12": "STS12",
+    "STS13": "STS13",
+    "STS14": "STS14",
+    "STS15": "STS15",
+    "STS16": "STS16",
+    "STSBenchmark": "STS-B",
+    "SICKRelatedness": "SICK-R",
+    "Avg": "Avg",
 }
 
 
@@ -55,12 +61,15 @@ def _encode_unique(encode_fn: Callable, subsets: Sequence[StsSubset]) -> tuple[n
     emb = np.asarray(encode_fn(sentences))
     if emb.ndim != 2 or emb.shape[0] != len(sentences):
         raise ValueError(
-            f"encode_fn returned shape {emb.shape} for {len(sentences)} sentences; expected [{len(sentences)}, D]"
+            f"encode_fn returned shape {emb.shape} for {len(sentences)} sentences; "
+            f"expected [{len(sentences)}, D]"
         )
     return emb, index
 
 
-def score_task(encode_fn: Callable, subsets: Sequence[StsSubset], *, aggregation: str = "all") -> float:
+def score_task(
+    encode_fn: Callable, subsets: Sequence[StsSubset], *, aggregation: str = "all"
+) -> float:
     """Spearman x 100 of cosine similarity for one task given its subsets.
 
     Args:
@@ -90,8 +99,9 @@ def score_task(encode_fn: Callable, subsets: Sequence[StsSubset], *, aggregation
     return 100.0 * float(np.sum(rhos * sizes) / np.sum(sizes))
 
 
-def evaluate_sts(encode_fn: Callable, data_dir, *, tasks: Sequence[str] | None = None,
-                 aggregation: str = "all") -> dict:
+def evaluate_sts(
+    encode_fn: Callable, data_dir, *, tasks: Sequence[str] | None = None, aggregation: str = "all"
+) -> dict:
     """Evaluate an encoder on STS12-16, STS-B and SICK-R (Spearman x 100 of cosine).
 
     Args:
@@ -116,12 +126,16 @@ def evaluate_sts(encode_fn: Callable, data_dir, *, tasks: Sequence[str] | None =
     tasks = list(STS_TASKS if tasks is None else tasks)
     unknown = [t for t in tasks if t not in STS_TASKS]
     if unknown or not tasks:
-        raise ValueError(f"unknown or no tasks {unknown or tasks}; expected a subset of {list(STS_TASKS)}")
+        raise ValueError(
+            f"unknown or no tasks {unknown or tasks}; expected a subset of {list(STS_TASKS)}"
+        )
     if aggregation not in AGGREGATIONS:
         raise ValueError(f"aggregation must be one of {AGGREGATIONS}, got {aggregation!r}")
     results = {}
     for task in tasks:
-        results[task] = score_task(encode_fn, load_sts_task(data_dir, task), aggregation=aggregation)
+        results[task] = score_task(
+            encode_fn, load_sts_task(data_dir, task), aggregation=aggregation
+        )
     results["Avg"] = float(np.mean([results[t] for t in tasks]))
     return results
 
