@@ -96,7 +96,8 @@ def test_simcse_unsup_loss_matches_float64(tiny_bert_dir, rng):
                                       temperature=float(rng.uniform(0.03, 0.1)))
     batch = _batch(enc, rng, cfg, 12, 1)
     key = jax.random.PRNGKey(int(rng.integers(1 << 30)))
-    loss, _, z = _loss_and_pooled(obj, enc, params, batch, key, key, 2, cfg.train_pooling)
+    k_drop = jax.random.split(key)[0]
+    loss, _, z = _loss_and_pooled(obj, enc, params, batch, key, k_drop, 2, cfg.train_pooling)
     z = _tanh_head(params["head"], z)
     np.testing.assert_allclose(loss, _info_nce64(z[:, 0], z[:, 1], tau=cfg.temperature), rtol=2e-5)
     # the two views really differ (dropout is on, independently per view)
@@ -108,7 +109,7 @@ def test_simcse_sup_uses_hard_negative(tiny_bert_dir, rng):
                                       train_pooling="cls", mlp=False)
     batch = _batch(enc, rng, cfg, 10, 3)
     key = jax.random.PRNGKey(int(rng.integers(1 << 30)))
-    loss, _, z = _loss_and_pooled(obj, enc, params, batch, key, key, 1, "cls")
+    loss, _, z = _loss_and_pooled(obj, enc, params, batch, key, jax.random.split(key)[0], 1, "cls")
     np.testing.assert_allclose(loss, _info_nce64(z[:, 0], z[:, 1], z[:, 2]), rtol=2e-5)
 
 
@@ -135,7 +136,7 @@ def test_dse_loss_matches_float64(tiny_bert_dir, rng, task):
     batch = _batch(enc, rng, cfg, 6, 2, scores=2)
     batch["scores"][:, 1] = rng.uniform(0, 1, size=6)
     key = jax.random.PRNGKey(int(rng.integers(1 << 30)))
-    loss, aux, z = _loss_and_pooled(obj, enc, params, batch, key, key, 1, "mean")
+    loss, aux, z = _loss_and_pooled(obj, enc, params, batch, key, jax.random.split(key)[0], 1, "mean")
     u, v = z[:, 0], z[:, 1]
     hp = jax.tree.map(lambda a: np.asarray(a, np.float64), params["head"])
     h = np.maximum(np.concatenate([u, v, u * v, np.abs(u - v)], 1) @ hp["hidden"]["kernel"] + hp["hidden"]["bias"], 0)
@@ -210,3 +211,35 @@ def test_sharded_8_devices_equals_1_device(tiny_bert_dir, rng, objective):
     diffs = np.concatenate([np.abs(np.asarray(a) - np.asarray(b)).ravel()
                             for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(ref_params))])
     assert np.median(diffs) < 1e-6 and np.quantile(diffs, 0.99) < 5e-5 and diffs.max() <= 10 * 5e-4
+
+
+def test_matryoshka_2d_over_layers_and_dims(tiny_bert_dir, rng):
+    from jaxembed.losses import info_nce, matryoshka_2d
+    from jaxembed.models.pooling import pool
+    from jaxembed.models.transformer import EncoderOutput
+
+    cfg, enc, obj, params, _ = _setup(tiny_bert_dir, rng, objective="simcse_unsup", mlp=False,
+                                      matryoshka_2d=True, m2d_dims=(32, 16, 8), train_pooling="mean")
+    batch = _batch(enc, rng, cfg, 8, 1)
+    key = jax.random.PRNGKey(int(rng.integers(1 << 30)))
+    k_drop = jax.random.split(key)[0]
+
+    def both(p, b):
+        ids, mask, tt = (jnp.repeat(b[k], 2, axis=1).reshape(-1, b[k].shape[-1])
+                         for k in ("input_ids", "attention_mask", "token_type_ids"))
+        out = enc.apply(p["encoder"], ids, mask, tt, deterministic=False, dropout_rng=k_drop,
+                        output_hidden_states=True)
+        s = jnp.stack([pool(EncoderOutput(last_hidden_state=h), mask, "mean") for h in out.hidden_states])
+        s = s.reshape(s.shape[0], -1, 2, s.shape[-1])  # rows are (sentence, view)
+        ref = matryoshka_2d(lambda a, q: info_nce(a, q, temperature=cfg.temperature), (32, 16, 8))(
+            s[:, :, 0], s[:, :, 1])
+        last_only = info_nce(s[-1, :, 0], s[-1, :, 1], temperature=cfg.temperature)
+        return obj.loss(p, b, key)[0], ref, last_only
+
+    loss, ref, last_only = jax.jit(both)(params, batch)
+    assert len(enc.apply(params["encoder"], batch["input_ids"][:, 0], batch["attention_mask"][:, 0],
+                         output_hidden_states=True).hidden_states) == 3
+    np.testing.assert_allclose(float(loss), float(ref), rtol=1e-5)
+    assert abs(float(loss) - float(last_only)) > 1e-3  # the extra layers and dims do count
+    with pytest.raises(ValueError, match="mlp=False"):
+        build_objective(cfg.replace(mlp=True), enc)

@@ -46,11 +46,19 @@ from jaxembed.train.config import TrainConfig
 
 @dataclasses.dataclass(frozen=True)
 class Objective:
+    """``loss(params, batch, key) = rep_loss(params["head"], z, k_loss, batch)`` with
+    ``z = pooled encoder rows [B, C*views, D]`` under dropout key ``k_drop``
+    (``k_drop, k_loss = split(key)``)."""
+
     name: str
     text_columns: tuple[int, ...]       # accepted numbers of text columns in a batch
-    sequences_per_row: int              # encoder sequences per batch row (views or columns)
+    views: int                          # dropout views per text column
     init_heads: Callable[[jax.Array], Any]   # key -> boxed head params ({} if none)
-    loss: Callable[[Any, dict, jax.Array], tuple[jax.Array, dict]]
+    rep_loss: Callable                  # (head_params, z, k_loss, batch) -> (loss, aux)
+    loss: Callable[[Any, dict, jax.Array], tuple[jax.Array, dict]] = None
+
+    def sequences_per_row(self, text_columns: int) -> int:
+        return text_columns * self.views
 
 
 def _flat(batch: dict, views: int = 1) -> tuple[jax.Array, jax.Array, jax.Array]:
@@ -104,46 +112,41 @@ def _pooled_width(enc, cfg: TrainConfig) -> int:
 def simcse_unsup(cfg: TrainConfig, enc) -> Objective:
     from jaxembed.losses import info_nce
 
-    rep = _representation(enc, cfg)
     init, project = _projection(cfg, _pooled_width(enc, cfg))
 
-    def loss(params, batch, key):
-        z = project(params["head"], rep(params["encoder"], batch, key, 2))
+    def rep_loss(hp, z, key, batch):
+        z = project(hp, z)
         return info_nce(z[:, 0], z[:, 1], temperature=cfg.temperature), {}
 
-    return Objective("simcse_unsup", (1,), 2, init, loss)
+    return Objective("simcse_unsup", (1,), 2, init, rep_loss)
 
 
 def simcse_sup(cfg: TrainConfig, enc) -> Objective:
     from jaxembed.losses import info_nce
 
-    rep = _representation(enc, cfg)
     init, project = _projection(cfg, _pooled_width(enc, cfg))
 
-    def loss(params, batch, key):
-        z = project(params["head"], rep(params["encoder"], batch, key, 1))
+    def rep_loss(hp, z, key, batch):
+        z = project(hp, z)
         neg = z[:, 2] if z.shape[1] > 2 else None
         return info_nce(z[:, 0], z[:, 1], neg, temperature=cfg.temperature), {}
 
-    return Objective("simcse_sup", (2, 3), 3, init, loss)
+    return Objective("simcse_sup", (2, 3), 1, init, rep_loss)
 
 
 def whitenedcse(cfg: TrainConfig, enc) -> Objective:
     from jaxembed.losses import whitened_cse
 
-    rep = _representation(enc, cfg)
     init, project = _projection(cfg, _pooled_width(enc, cfg))
 
-    def loss(params, batch, key):
-        k_drop, k_shuffle = jax.random.split(key)
-        views = rep(params["encoder"], batch, k_drop, cfg.num_views)
-        value = whitened_cse(views, k_shuffle, num_groups=cfg.num_groups,
+    def rep_loss(hp, views, key, batch):
+        value = whitened_cse(views, key, num_groups=cfg.num_groups,
                              temperature=cfg.temperature, eps=cfg.whitening_eps,
                              method=cfg.whitening_method,
-                             projection=(lambda v: project(params["head"], v)) if cfg.mlp else None)
+                             projection=(lambda v: project(hp, v)) if cfg.mlp else None)
         return value, {}
 
-    return Objective("whitenedcse", (1,), cfg.num_views, init, loss)
+    return Objective("whitenedcse", (1,), cfg.num_views, init, rep_loss)
 
 
 def _dse_task_loss(kind: str, logits: jax.Array, label: jax.Array) -> jax.Array:
@@ -164,7 +167,6 @@ def dse(cfg: TrainConfig, enc) -> Objective:
     from jaxembed.losses import distill_mse
     from jaxembed.models.heads import PairScoreHead
 
-    rep = _representation(enc, cfg)
     head = PairScoreHead(hidden=cfg.dse_hidden, out=cfg.dse_out)
     width = _pooled_width(enc, cfg)
 
@@ -172,9 +174,8 @@ def dse(cfg: TrainConfig, enc) -> Objective:
         x = jnp.zeros((1, width), jnp.float32)
         return head.init(key, x, x)["params"]
 
-    def loss(params, batch, key):
-        z = rep(params["encoder"], batch, key, 1)
-        logits = head.apply({"params": params["head"]}, z[:, 0], z[:, 1])
+    def rep_loss(hp, z, key, batch):
+        logits = head.apply({"params": hp}, z[:, 0], z[:, 1])
         scores = batch["scores"].astype(jnp.float32)
         teacher = scores[:, :cfg.dse_out]
         distill = distill_mse(logits, teacher)
@@ -184,7 +185,18 @@ def dse(cfg: TrainConfig, enc) -> Objective:
         total = (1.0 - cfg.dse_alpha) * task + cfg.dse_alpha * distill
         return total, {"distill_loss": distill, "task_loss": task}
 
-    return Objective("dse", (2,), 2, init, loss)
+    return Objective("dse", (2,), 1, init, rep_loss)
+
+
+def _with_standard_loss(obj: Objective, cfg: TrainConfig, enc) -> Objective:
+    rep = _representation(enc, cfg)
+
+    def loss(params, batch, key):
+        k_drop, k_loss = jax.random.split(key)
+        z = rep(params["encoder"], batch, k_drop, obj.views)
+        return obj.rep_loss(params["head"], z, k_loss, batch)
+
+    return dataclasses.replace(obj, loss=loss)
 
 
 _BUILDERS = {"simcse_unsup": simcse_unsup, "simcse_sup": simcse_sup,
@@ -196,16 +208,61 @@ def build_objective(cfg: TrainConfig, enc) -> Objective:
     obj = _BUILDERS[cfg.objective](cfg, enc)
     if cfg.matryoshka_2d:
         obj = _with_matryoshka_2d(obj, cfg, enc)
+    else:
+        obj = _with_standard_loss(obj, cfg, enc)
     if cfg.grad_cache_chunk > 0:
         obj = _with_grad_cache(obj, cfg)
     return obj
 
 
 def _with_matryoshka_2d(obj: Objective, cfg: TrainConfig, enc) -> Objective:
-    """2DMSE: see :func:`jaxembed.train.objectives_2d.matryoshka_2d_objective`."""
-    from jaxembed.train.objectives_2d import matryoshka_2d_objective
+    """2DMSE (Li et al. 2024) via :func:`jaxembed.losses.matryoshka_2d`.
 
-    return matryoshka_2d_objective(obj, cfg, enc)
+    Every hidden state (embedding output first, then each layer) is pooled
+    with ``train_pooling`` -> stacks ``[L+1, B, D]``, one per column/view; the
+    objective's own loss over those representations is applied to every
+    layer and every prefix ``[..., :d]`` (``m2d_dims``; default ``D, D/2, D/4,
+    ...`` down to 8, and for WhitenedCSE only multiples of ``num_groups``),
+    plus the KL from each layer to the last. The embedding the loss sees must
+    be the one that is truncated at inference, so ``mlp`` must be off; DSE's
+    pair head has a fixed input width, so DSE is not supported.
+    """
+    import jax.numpy as jnp
+
+    from jaxembed.losses import matryoshka_2d
+    from jaxembed.models.pooling import pool
+    from jaxembed.models.transformer import EncoderOutput
+
+    if obj.name == "dse":
+        raise ValueError("matryoshka_2d is not supported with dse (the pair head's input width is fixed)")
+    if cfg.mlp:
+        raise ValueError("matryoshka_2d needs mlp=False: the truncated embedding must be the one evaluated")
+    if cfg.train_pooling == "last4_mean":
+        raise ValueError("matryoshka_2d pools each layer on its own; use cls, cls_before_pooler, mean or max")
+    width = enc.hidden_size
+    dims = tuple(cfg.m2d_dims) or tuple(width >> i for i in range(8) if (width >> i) >= 8)
+    if obj.name == "whitenedcse":
+        dims = tuple(d for d in dims if d % cfg.num_groups == 0)
+    if not dims or max(dims) > width:
+        raise ValueError(f"m2d_dims {dims} invalid for hidden size {width}")
+
+    def loss(params, batch, key):
+        k_drop, k_loss = jax.random.split(key)
+        ids, mask, tt = _flat(batch, obj.views)
+        out = enc.apply(params["encoder"], ids, mask, tt, deterministic=False, dropout_rng=k_drop,
+                        output_hidden_states=True)
+        layers = jnp.stack([pool(EncoderOutput(last_hidden_state=h), mask, cfg.train_pooling)
+                            for h in out.hidden_states])                  # [L+1, N, D]
+        b = batch["input_ids"].shape[0]
+        layers = layers.reshape(layers.shape[0], b, -1, layers.shape[-1])  # [L+1, B, C*views, D]
+
+        def base(*cols):
+            return obj.rep_loss(params["head"], jnp.stack(cols, axis=1), k_loss, batch)[0]
+
+        value = matryoshka_2d(base, dims)(*[layers[:, :, j] for j in range(layers.shape[2])])
+        return value, {}
+
+    return dataclasses.replace(obj, loss=loss)
 
 
 def _with_grad_cache(obj: Objective, cfg: TrainConfig) -> Objective:

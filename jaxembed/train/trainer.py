@@ -164,7 +164,7 @@ def _train(cfg: TrainConfig, workdir, echo: Callable[[str], None]) -> dict:
         metrics.write({"step": 0, EVAL_KEY: before})
         say(f"STS-B dev Spearman before training: {before:.2f}")
 
-    seqs = cfg.batch_size * objective.sequences_per_row
+    seqs = cfg.batch_size * objective.sequences_per_row(corpus.num_text_columns)
     n_params = non_embedding_params(_count(state.params), vocab_size=enc.config.vocab_size,
                                     max_positions=enc.config.max_position_embeddings,
                                     type_vocab_size=enc.config.type_vocab_size, hidden=enc.hidden_size)
