@@ -31,6 +31,7 @@ Which loss when
 from jaxembed.losses.contrastive import info_nce
 from jaxembed.losses.distillation import distill_mse, pair_features
 from jaxembed.losses.geometry import alignment, uniformity
+from jaxembed.losses.grad_cache import chunk_keys, grad_cache
 from jaxembed.losses.matryoshka import matryoshka, matryoshka_2d
 from jaxembed.losses.whitened_cse import whitened_cse
 from jaxembed.losses.whitening import group_covariance, group_whitening, shuffled_group_whitening
@@ -57,4 +58,6 @@ __all__ = [
     "matryoshka_2d",
     "alignment",
     "uniformity",
+    "grad_cache",
+    "chunk_keys",
 ]
