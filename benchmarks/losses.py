@@ -32,7 +32,10 @@ import numpy as np
 def _machine() -> str:
     try:
         out = subprocess.run(["lscpu"], capture_output=True, text=True, check=False).stdout
-        model = next((ln.split(":", 1)[1].strip() for ln in out.splitlines() if ln.startswith("Model name")), "")
+        model = next(
+            (ln.split(":", 1)[1].strip() for ln in out.splitlines() if ln.startswith("Model name")),
+            "",
+        )
     except OSError:
         model = ""
     return f"{model or platform.processor()} ({os.cpu_count()} cores)"
@@ -103,8 +106,18 @@ def main(argv=None) -> int:
     batches = (64, 128) if args.quick else (64, 128, 512, 4096)
     rng = np.random.default_rng(0)
     machine = _machine()
-    print(json.dumps({"bench": "losses", "machine": machine, "jax": jax.__version__, "torch": torch.__version__,
-                      "torch_threads": torch.get_num_threads(), "backend": jax.default_backend()}))
+    print(
+        json.dumps(
+            {
+                "bench": "losses",
+                "machine": machine,
+                "jax": jax.__version__,
+                "torch": torch.__version__,
+                "torch_threads": torch.get_num_threads(),
+                "backend": jax.default_backend(),
+            }
+        )
+    )
     mix = np.eye(d) + rng.standard_normal((d, d)) / np.sqrt(d)
     for b in batches:
         repeats = args.repeats or (15 if b <= 128 else 6 if b <= 512 else 3)
@@ -129,10 +142,13 @@ def main(argv=None) -> int:
             torch_info_nce(a_t, p_t).backward()
             sync()
 
-        _record({"bench": "losses", "fn": "info_nce", "B": b, "D": d},
-                _time_steps({"jax": jax_nce, "torch": torch_nce}, repeats))
+        _record(
+            {"bench": "losses", "fn": "info_nce", "B": b, "D": d},
+            _time_steps({"jax": jax_nce, "torch": torch_nce}, repeats),
+        )
 
         for groups in (128, 4):
+
             def torch_sgw(linalg_device=("cpu" if dev.type == "cuda" else None), groups=groups):
                 x_t = x_t0.clone().requires_grad_(True)
                 (torch_shuffled_group_whitening(x_t, groups, linalg_device) * r_t).sum().backward()
@@ -143,9 +159,16 @@ def main(argv=None) -> int:
                 steps["torch_gpu_eigh"] = partial(torch_sgw, linalg_device=None)
             for method in ("eigh", "cholesky", "newton_schulz"):
                 eps = 0.0 if method != "cholesky" else 1e-6
-                grad_fn = jax.jit(jax.value_and_grad(
-                    lambda x, key, groups=groups, method=method, eps=eps: jnp.sum(
-                        rj * shuffled_group_whitening(x, key, num_groups=groups, method=method, eps=eps))))
+                grad_fn = jax.jit(
+                    jax.value_and_grad(
+                        lambda x, key, groups=groups, method=method, eps=eps: jnp.sum(
+                            rj
+                            * shuffled_group_whitening(
+                                x, key, num_groups=groups, method=method, eps=eps
+                            )
+                        )
+                    )
+                )
                 keys = iter(jax.random.split(jax.random.key(b), repeats + 1))
 
                 def jax_sgw(grad_fn=grad_fn, keys=keys):
@@ -155,8 +178,17 @@ def main(argv=None) -> int:
             timings = _time_steps(steps, repeats)  # the three jax methods and torch, interleaved
             torch_timings = {k: v for k, v in timings.items() if k.startswith("torch")}
             for method in ("eigh", "cholesky", "newton_schulz"):
-                _record({"bench": "losses", "fn": "shuffled_group_whitening", "method": method, "B": b, "D": d,
-                         "groups": groups}, {"jax": timings[method], **torch_timings})
+                _record(
+                    {
+                        "bench": "losses",
+                        "fn": "shuffled_group_whitening",
+                        "method": method,
+                        "B": b,
+                        "D": d,
+                        "groups": groups,
+                    },
+                    {"jax": timings[method], **torch_timings},
+                )
 
     # Accuracy of the approximate / rotated methods (B = 512, correlated data): deviation of each
     # group's output covariance from I, and distance of the output from the eigh (ZCA) output.
@@ -164,15 +196,29 @@ def main(argv=None) -> int:
 
     x = jnp.asarray((rng.standard_normal((512, d)) @ mix).astype(np.float32))
     ref = np.asarray(group_whitening(x, num_groups=128), np.float64)
-    for method, kw in (("eigh", {}), ("cholesky", {}), ("newton_schulz", {"iterations": 5}),
-                       ("newton_schulz", {"iterations": 10})):
+    for method, kw in (
+        ("eigh", {}),
+        ("cholesky", {}),
+        ("newton_schulz", {"iterations": 5}),
+        ("newton_schulz", {"iterations": 10}),
+    ):
         z = np.asarray(group_whitening(x, num_groups=128, method=method, **kw), np.float64)
         zg = z.reshape(512, 128, 6)
         zc = zg - zg.mean(0)
         cov = np.einsum("bgi,bgj->gij", zc, zc) / 512
-        print(json.dumps({"bench": "losses", "accuracy": method, **kw, "groups": 128, "B": 512,
-                          "max_abs_cov_minus_I": float(np.abs(cov - np.eye(6)).max()),
-                          "rel_dist_to_zca": float(np.abs(z - ref).max() / np.abs(ref).max())}))
+        print(
+            json.dumps(
+                {
+                    "bench": "losses",
+                    "accuracy": method,
+                    **kw,
+                    "groups": 128,
+                    "B": 512,
+                    "max_abs_cov_minus_I": float(np.abs(cov - np.eye(6)).max()),
+                    "rel_dist_to_zca": float(np.abs(z - ref).max() / np.abs(ref).max()),
+                }
+            )
+        )
     return 0
 
 

@@ -21,7 +21,9 @@ def np_info_nce(a, p, n=None, *, temperature=0.05, similarity="cosine"):
     margins[rows, rows] = -np.inf
     m = margins.max(1)
     others = m + np.log(np.exp(margins - m[:, None]).sum(1))  # log sum_{j != i} e^{z_ij - z_ii}
-    return float(np.mean(np.logaddexp(0.0, others)))  # log(1 + sum_{j != i} ...), exact for tiny losses
+    return float(
+        np.mean(np.logaddexp(0.0, others))
+    )  # log(1 + sum_{j != i} ...), exact for tiny losses
 
 
 def np_group_whitening(x, num_groups, eps=0.0):
@@ -31,16 +33,18 @@ def np_group_whitening(x, num_groups, eps=0.0):
     xc = x - x.mean(0)
     out = np.empty_like(xc)
     for g in range(num_groups):
-        blk = xc[:, g * c:(g + 1) * c]
+        blk = xc[:, g * c : (g + 1) * c]
         lam, u = np.linalg.eigh(blk.T @ blk / b)
-        out[:, g * c:(g + 1) * c] = blk @ (u @ np.diag((lam + eps) ** -0.5) @ u.T)
+        out[:, g * c : (g + 1) * c] = blk @ (u @ np.diag((lam + eps) ** -0.5) @ u.T)
     return out
 
 
 def torch_info_nce(a, p, n=None, *, temperature=0.05, similarity="cosine"):
     cands = p if n is None else torch.cat([p, n], 0)
     if similarity == "cosine":
-        a, cands = torch.nn.functional.normalize(a, dim=-1), torch.nn.functional.normalize(cands, dim=-1)
+        a, cands = torch.nn.functional.normalize(a, dim=-1), torch.nn.functional.normalize(
+            cands, dim=-1
+        )
     logits = a @ cands.T / temperature
     return torch.nn.functional.cross_entropy(logits, torch.arange(a.shape[0]))
 

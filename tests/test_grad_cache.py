@@ -31,12 +31,15 @@ def embed(params, batch, key=None):
 
 
 def _batch(rng, b):
-    return {"x": rng.standard_normal((b, DIN)).astype(np.float32),
-            "scale": rng.uniform(0.5, 1.5, (b, 1)).astype(np.float32)}
+    return {
+        "x": rng.standard_normal((b, DIN)).astype(np.float32),
+        "scale": rng.uniform(0.5, 1.5, (b, 1)).astype(np.float32),
+    }
 
 
 def _reference(params, inputs, loss_fn, chunk, rng, loss_takes_params=False, **kw):
     """Full-batch jax.value_and_grad with GradCache's documented dropout keys and strided chunks."""
+
     def total(p):
         embs = []
         for k, x in enumerate(inputs):
@@ -96,8 +99,9 @@ def test_grad_cache_matryoshka_with_aux(rng):
     a, p = _batch(rng, 12), _batch(rng, 12)
     loss = matryoshka(info_nce, (12, 6, 3), (1.0, 0.5, 0.25))
     key = jax.random.key(int(rng.integers(2**31)))
-    (value, aux), grads = jax.jit(grad_cache(embed, lambda *e: (loss(*e), e[0].mean()), chunk_size=3, has_aux=True))(
-        params, a, p, rng=key)
+    (value, aux), grads = jax.jit(
+        grad_cache(embed, lambda *e: (loss(*e), e[0].mean()), chunk_size=3, has_aux=True)
+    )(params, a, p, rng=key)
     _check((value, grads), _reference(params, (a, p), loss, 3, key))
     assert aux.shape == ()
 
@@ -114,8 +118,12 @@ def test_grad_cache_sharded_equals_single_device_hard_negatives(rng):
     _check(single, _reference(params, inputs, loss, 8, key))
     for axis_type in (jax.sharding.AxisType.Auto, jax.sharding.AxisType.Explicit):
         mesh = jax.make_mesh((8,), ("data",), axis_types=(axis_type,), devices=jax.devices()[:8])
-        shard = lambda t: jax.tree_util.tree_map(lambda v: jax.device_put(v, NamedSharding(mesh, P("data"))), t)  # noqa: E731
-        replicate = lambda t: jax.tree_util.tree_map(lambda v: jax.device_put(v, NamedSharding(mesh, P())), t)  # noqa: E731
+        shard = lambda t: jax.tree_util.tree_map(
+            lambda v: jax.device_put(v, NamedSharding(mesh, P("data"))), t
+        )  # noqa: E731
+        replicate = lambda t: jax.tree_util.tree_map(
+            lambda v: jax.device_put(v, NamedSharding(mesh, P())), t
+        )  # noqa: E731
         sharded_inputs = [shard(x) for x in inputs]
         assert len(sharded_inputs[0]["x"].sharding.device_set) == 8
         _check(fn(replicate(params), *sharded_inputs, rng=key), single)
@@ -127,6 +135,10 @@ def test_grad_cache_rejects_ragged_batches(rng):
     with pytest.raises(ValueError, match=r"batch size 10.*\(10, 6\).*chunk_size=4"):
         fn(params, _batch(rng, 10), _batch(rng, 10))
     with pytest.raises(ValueError, match=r"same leading batch axis.*\(6, 1\).*\(8, 6\)"):
-        fn(params, {"x": np.ones((8, DIN), np.float32), "scale": np.ones((6, 1), np.float32)}, _batch(rng, 8))
+        fn(
+            params,
+            {"x": np.ones((8, DIN), np.float32), "scale": np.ones((6, 1), np.float32)},
+            _batch(rng, 8),
+        )
     with pytest.raises(ValueError, match="chunk_size"):
         grad_cache(embed, info_nce, chunk_size=0)

@@ -33,7 +33,9 @@ def test_info_nce_matches_float64_reference(rng, similarity, hard):
 def test_info_nce_gradient_matches_torch_float64(rng, hard):
     a, p, n = _triplet(rng)
     args = (a, p, n) if hard else (a, p)
-    got = jax.jit(jax.grad(lambda *xs: info_nce(*xs, temperature=0.1), argnums=tuple(range(len(args)))))(*args)
+    got = jax.jit(
+        jax.grad(lambda *xs: info_nce(*xs, temperature=0.1), argnums=tuple(range(len(args))))
+    )(*args)
     want = torch_grad(lambda *ts: torch_info_nce(*ts, temperature=0.1), *args)
     for g, w in zip(got, want):
         assert np.all(np.isfinite(g))
@@ -81,7 +83,10 @@ def test_info_nce_bfloat16_and_vmap(rng):
     a, p, n = _triplet(rng)
     bf = info_nce(jnp.asarray(a, jnp.bfloat16), jnp.asarray(p, jnp.bfloat16))
     assert bf.dtype == jnp.float32
-    want = np_info_nce(np.asarray(jnp.asarray(a, jnp.bfloat16), np.float64), np.asarray(jnp.asarray(p, jnp.bfloat16), np.float64))
+    want = np_info_nce(
+        np.asarray(jnp.asarray(a, jnp.bfloat16), np.float64),
+        np.asarray(jnp.asarray(p, jnp.bfloat16), np.float64),
+    )
     assert rel_err(bf, want) <= 1e-5
     stacked = jax.vmap(lambda x, y: info_nce(x, y))(np.stack([a, n]), np.stack([p, p]))
     assert rel_err(stacked, [np_info_nce(a, p), np_info_nce(n, p)]) <= 1e-5
@@ -99,8 +104,14 @@ def test_info_nce_traced_temperature_gradient(rng):
 @pytest.mark.parametrize(
     "kwargs, match",
     [
-        (dict(anchors=np.ones((4, 3)), positives=np.ones((4, 2))), r"\(4, 3\).*\(4, 2\)|\(4, 2\).*\(4, 3\)"),
-        (dict(anchors=np.ones((4, 3)), positives=np.ones((4, 3)), negatives=np.ones((5, 3))), r"\(5, 3\)"),
+        (
+            dict(anchors=np.ones((4, 3)), positives=np.ones((4, 2))),
+            r"\(4, 3\).*\(4, 2\)|\(4, 2\).*\(4, 3\)",
+        ),
+        (
+            dict(anchors=np.ones((4, 3)), positives=np.ones((4, 3)), negatives=np.ones((5, 3))),
+            r"\(5, 3\)",
+        ),
         (dict(anchors=np.ones((2, 4, 3)), positives=np.ones((2, 4, 3))), r"\[B, D\].*\(2, 4, 3\)"),
         (dict(anchors=np.ones((4, 3)), positives=np.ones((4, 3)), temperature=0.0), "temperature"),
         (dict(anchors=np.ones((4, 3)), positives=np.ones((4, 3)), similarity="l2"), "similarity"),

@@ -23,18 +23,37 @@ def test_matryoshka_matches_reference_with_weights(rng):
     want = sum(w * np_info_nce(a[:, :d], p[:, :d]) for d, w in zip(dims, weights))
     assert got.dtype == jnp.float32 and rel_err(got, want) <= 1e-5
     # Keyword arguments are forwarded, positional None passes through.
-    got_t = jax.jit(lambda a, p: matryoshka(info_nce, dims, weights)(a, p, None, temperature=0.2))(a, p)
-    assert rel_err(got_t, sum(w * np_info_nce(a[:, :d], p[:, :d], temperature=0.2) for d, w in zip(dims, weights))) <= 1e-5
+    got_t = jax.jit(lambda a, p: matryoshka(info_nce, dims, weights)(a, p, None, temperature=0.2))(
+        a, p
+    )
+    assert (
+        rel_err(
+            got_t,
+            sum(
+                w * np_info_nce(a[:, :d], p[:, :d], temperature=0.2) for d, w in zip(dims, weights)
+            ),
+        )
+        <= 1e-5
+    )
 
 
 def test_matryoshka_renormalises_truncations_for_dot_losses(rng):
     a = rng.standard_normal((8, 16)).astype(np.float32)
     p = (a + rng.standard_normal((8, 16))).astype(np.float32)
     loss = matryoshka(lambda x, y: info_nce(x, y, similarity="dot", temperature=0.5), (16, 8))
-    want = sum(np_info_nce(np_normalize(a[:, :d]), np_normalize(p[:, :d]), similarity="dot", temperature=0.5) for d in (16, 8))
+    want = sum(
+        np_info_nce(
+            np_normalize(a[:, :d]), np_normalize(p[:, :d]), similarity="dot", temperature=0.5
+        )
+        for d in (16, 8)
+    )
     assert rel_err(loss(a, p), want) <= 1e-5
-    raw = matryoshka(lambda x, y: info_nce(x, y, similarity="dot", temperature=0.5), (16, 8), normalize=False)
-    want_raw = sum(np_info_nce(a[:, :d], p[:, :d], similarity="dot", temperature=0.5) for d in (16, 8))
+    raw = matryoshka(
+        lambda x, y: info_nce(x, y, similarity="dot", temperature=0.5), (16, 8), normalize=False
+    )
+    want_raw = sum(
+        np_info_nce(a[:, :d], p[:, :d], similarity="dot", temperature=0.5) for d in (16, 8)
+    )
     assert rel_err(raw(a, p), want_raw) <= 1e-5
 
 
@@ -42,7 +61,9 @@ def test_matryoshka_gradient_matches_torch(rng):
     a = rng.standard_normal((8, 16)).astype(np.float32)
     p = (a + rng.standard_normal((8, 16))).astype(np.float32)
     got = jax.jit(jax.grad(matryoshka(info_nce, (16, 4), (1.0, 2.0)), argnums=(0, 1)))(a, p)
-    want = torch_grad(lambda x, y: torch_info_nce(x, y) + 2.0 * torch_info_nce(x[:, :4], y[:, :4]), a, p)
+    want = torch_grad(
+        lambda x, y: torch_info_nce(x, y) + 2.0 * torch_info_nce(x[:, :4], y[:, :4]), a, p
+    )
     for g, w in zip(got, want):
         assert rel_err(g, w) <= 1e-5
 
@@ -64,7 +85,9 @@ def np_matryoshka_2d(stack_a, stack_p, dims, layer_w, kl_weight, temp):
 def test_matryoshka_2d_matches_reference(rng, layer_weights):
     stack_a = rng.standard_normal((3, 8, 16)).astype(np.float32)
     stack_p = (stack_a + rng.standard_normal((3, 8, 16))).astype(np.float32)
-    w = {"uniform": (1.0, 1.0), "linear": (1.0, 0.5), "log": (1.0, 1 / (1 + np.log(2)))}.get(layer_weights, layer_weights)
+    w = {"uniform": (1.0, 1.0), "linear": (1.0, 0.5), "log": (1.0, 1 / (1 + np.log(2)))}.get(
+        layer_weights, layer_weights
+    )
     got = jax.jit(matryoshka_2d(info_nce, (16, 8), layer_weights=layer_weights))(stack_a, stack_p)
     want = np_matryoshka_2d(stack_a, stack_p, (16, 8), w, kl_weight=1.0, temp=0.3)
     assert rel_err(got, want) <= 1e-5
@@ -77,7 +100,9 @@ def test_matryoshka_2d_kl_teacher_is_stop_gradient_and_kl_can_be_disabled(rng):
     assert rel_err(no_kl, np_matryoshka_2d(stack_a, stack_p, (16,), (1.0,), 0.0, 0.3)) <= 1e-5
     # Gradient w.r.t. the last layer does not see the KL term (teacher detached) ...
     with_kl = jax.jit(jax.grad(matryoshka_2d(info_nce, (16,)), argnums=0))(stack_a, stack_p)
-    without = jax.jit(jax.grad(matryoshka_2d(info_nce, (16,), kl_weight=0.0), argnums=0))(stack_a, stack_p)
+    without = jax.jit(jax.grad(matryoshka_2d(info_nce, (16,), kl_weight=0.0), argnums=0))(
+        stack_a, stack_p
+    )
     np.testing.assert_allclose(with_kl[-1], without[-1], rtol=1e-6, atol=1e-7)
     # ... but the prior layer's does.
     assert np.abs(np.asarray(with_kl[0]) - np.asarray(without[0])).max() > 1e-4
@@ -91,7 +116,9 @@ def test_matryoshka_2d_gradient_matches_torch(rng):
         m = lambda x, y: torch_info_nce(x, y) + torch_info_nce(x[:, :4], y[:, :4])  # noqa: E731
         rows = torch.cat([sa, sp], 1)
         teacher = torch.softmax(rows[-1] / 0.3, -1).detach()
-        kl = torch.nn.functional.kl_div(torch.log_softmax(rows[0] / 0.3, -1), teacher, reduction="batchmean")
+        kl = torch.nn.functional.kl_div(
+            torch.log_softmax(rows[0] / 0.3, -1), teacher, reduction="batchmean"
+        )
         return m(sa[-1], sp[-1]) + m(sa[0], sp[0]) + 0.3 * kl
 
     got = jax.jit(jax.grad(matryoshka_2d(info_nce, (8, 4)), argnums=(0, 1)))(stack_a, stack_p)
@@ -107,9 +134,22 @@ def test_matryoshka_2d_gradient_matches_torch(rng):
         (lambda: matryoshka(info_nce, 8), "dims"),
         (lambda: matryoshka(info_nce, (8, 4), (1.0,)), "weights"),
         (lambda: matryoshka(info_nce, (32,))(np.ones((4, 16)), np.ones((4, 16))), r"32.*\(4, 16\)"),
-        (lambda: matryoshka_2d(info_nce, (8,))(np.ones((4, 16)), np.ones((4, 16))), r"\[L, B, D\].*\(4, 16\)"),
-        (lambda: matryoshka_2d(info_nce, (8,), layer_weights="cubic")(np.ones((2, 4, 16)), np.ones((2, 4, 16))), "layer_weights"),
-        (lambda: matryoshka_2d(info_nce, (8,), layer_weights=(1.0, 2.0))(np.ones((2, 4, 16)), np.ones((2, 4, 16))), "layer_weights"),
+        (
+            lambda: matryoshka_2d(info_nce, (8,))(np.ones((4, 16)), np.ones((4, 16))),
+            r"\[L, B, D\].*\(4, 16\)",
+        ),
+        (
+            lambda: matryoshka_2d(info_nce, (8,), layer_weights="cubic")(
+                np.ones((2, 4, 16)), np.ones((2, 4, 16))
+            ),
+            "layer_weights",
+        ),
+        (
+            lambda: matryoshka_2d(info_nce, (8,), layer_weights=(1.0, 2.0))(
+                np.ones((2, 4, 16)), np.ones((2, 4, 16))
+            ),
+            "layer_weights",
+        ),
     ],
 )
 def test_matryoshka_rejects_bad_arguments(call, match):

@@ -16,7 +16,9 @@ def test_pair_features_layout_and_dtype(rng):
     got = pair_features(jnp.asarray(u, jnp.bfloat16), jnp.asarray(v, jnp.bfloat16))
     assert got.dtype == jnp.float32 and got.shape == (5, 28)
     ub, vb = (np.asarray(jnp.asarray(t, jnp.bfloat16), np.float64) for t in (u, v))
-    np.testing.assert_array_equal(got, np.concatenate([ub, vb, ub * vb, np.abs(ub - vb)], -1).astype(np.float32))
+    np.testing.assert_array_equal(
+        got, np.concatenate([ub, vb, ub * vb, np.abs(ub - vb)], -1).astype(np.float32)
+    )
 
 
 @pytest.mark.parametrize("shape", [(9,), (9, 3)])
@@ -42,9 +44,15 @@ def test_alignment_and_uniformity_match_wang_isola(rng):
         assert rel_err(uniformity(x, t=t), np.log(np.mean(np.exp(-t * d2)))) <= 1e-5
     # Gradients vs torch float64 (torch.pdist, as the paper's code).
     g = jax.jit(jax.grad(lambda x: uniformity(x) + alignment(x, y)))(x)
-    want = torch_grad(lambda xt: torch.pdist(xt).pow(2).mul(-2).exp().mean().log() + (xt - torch.tensor(y, dtype=torch.float64)).norm(dim=1).pow(2).mean(), x)[0]
+    want = torch_grad(
+        lambda xt: torch.pdist(xt).pow(2).mul(-2).exp().mean().log()
+        + (xt - torch.tensor(y, dtype=torch.float64)).norm(dim=1).pow(2).mean(),
+        x,
+    )[0]
     assert rel_err(g, want) <= 1e-5
-    assert np.all(np.isfinite(jax.grad(lambda x: alignment(x, x))(x)))  # zero distance: finite gradient
+    assert np.all(
+        np.isfinite(jax.grad(lambda x: alignment(x, x))(x))
+    )  # zero distance: finite gradient
 
 
 @pytest.mark.parametrize(
@@ -52,7 +60,10 @@ def test_alignment_and_uniformity_match_wang_isola(rng):
     [
         (lambda: pair_features(np.ones((3, 4)), np.ones((3, 5))), r"\(3, 5\).*\(3, 4\)"),
         (lambda: distill_mse(np.ones((3,)), np.ones((4,))), r"\(4,\).*\(3,\)"),
-        (lambda: distill_mse(np.ones((3, 2, 2)), np.ones((3, 2, 2))), r"\[B\] or \[B, K\].*\(3, 2, 2\)"),
+        (
+            lambda: distill_mse(np.ones((3, 2, 2)), np.ones((3, 2, 2))),
+            r"\[B\] or \[B, K\].*\(3, 2, 2\)",
+        ),
         (lambda: alignment(np.ones((3, 4)), np.ones((2, 4))), r"\(2, 4\).*\(3, 4\)"),
         (lambda: uniformity(np.ones((1, 4))), r"\(1, 4\)"),
         (lambda: uniformity(np.ones((3, 4)), t=0), "t must be"),

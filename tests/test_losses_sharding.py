@@ -16,7 +16,9 @@ from jaxembed.losses import group_whitening, info_nce, whitened_cse
 def _mesh(kind):
     if jax.device_count() < 8:
         pytest.skip("needs 8 (simulated) devices")
-    axis_type = {"auto": jax.sharding.AxisType.Auto, "explicit": jax.sharding.AxisType.Explicit}[kind]
+    axis_type = {"auto": jax.sharding.AxisType.Auto, "explicit": jax.sharding.AxisType.Explicit}[
+        kind
+    ]
     return jax.make_mesh((8,), ("data",), axis_types=(axis_type,), devices=jax.devices()[:8])
 
 
@@ -27,7 +29,11 @@ def mesh():
 
 def _batch(rng, b=16, d=12):
     a = rng.standard_normal((b, d)).astype(np.float32)
-    return a, (a + rng.standard_normal((b, d))).astype(np.float32), (a + 2 * rng.standard_normal((b, d))).astype(np.float32)
+    return (
+        a,
+        (a + rng.standard_normal((b, d))).astype(np.float32),
+        (a + 2 * rng.standard_normal((b, d))).astype(np.float32),
+    )
 
 
 def _shard(mesh, *xs):
@@ -64,16 +70,26 @@ def test_shard_map_axis_name_equals_global_batch(rng, mesh, hard, chunk_size):
     a, p, n = _batch(rng)
     args = (a, p, n) if hard else (a, p)
     local = partial(info_nce, temperature=0.1, axis_name="data", chunk_size=chunk_size)
-    sharded = jax.shard_map(lambda *xs: local(*xs), mesh=mesh, in_specs=(P("data"),) * len(args), out_specs=P())
-    value, grads = jax.jit(jax.value_and_grad(lambda *xs: sharded(*xs), argnums=tuple(range(len(args)))))(*args)
-    want_value, want_grads = jax.value_and_grad(lambda *xs: info_nce(*xs, temperature=0.1), argnums=tuple(range(len(args))))(*args)
+    sharded = jax.shard_map(
+        lambda *xs: local(*xs), mesh=mesh, in_specs=(P("data"),) * len(args), out_specs=P()
+    )
+    value, grads = jax.jit(
+        jax.value_and_grad(lambda *xs: sharded(*xs), argnums=tuple(range(len(args))))
+    )(*args)
+    want_value, want_grads = jax.value_and_grad(
+        lambda *xs: info_nce(*xs, temperature=0.1), argnums=tuple(range(len(args)))
+    )(*args)
     assert rel_err(value, np_info_nce(*args, temperature=0.1)) <= 1e-5
     assert rel_err(value, want_value) <= 1e-5
     for g, w in zip(grads, want_grads):
         assert rel_err(g, w) <= 1e-5
     # Without axis_name each device would only see its 2 local rows: a different (wrong) value.
-    local_only = jax.shard_map(lambda *xs: jax.lax.pmean(info_nce(*xs, temperature=0.1), "data"), mesh=mesh,
-                               in_specs=(P("data"),) * len(args), out_specs=P())
+    local_only = jax.shard_map(
+        lambda *xs: jax.lax.pmean(info_nce(*xs, temperature=0.1), "data"),
+        mesh=mesh,
+        in_specs=(P("data"),) * len(args),
+        out_specs=P(),
+    )
     assert abs(float(jax.jit(local_only)(*args)) - float(want_value)) > 1e-3
 
 
@@ -81,12 +97,22 @@ def test_shard_map_whitening_uses_global_statistics(rng, mesh):
     a, p, n = _batch(rng)
     views = np.stack([a, p, n], axis=1)
     key = jax.random.key(int(rng.integers(2**31)))
-    gw = jax.shard_map(lambda x: group_whitening(x, num_groups=2, axis_name="data"), mesh=mesh,
-                       in_specs=P("data"), out_specs=P("data"))
+    gw = jax.shard_map(
+        lambda x: group_whitening(x, num_groups=2, axis_name="data"),
+        mesh=mesh,
+        in_specs=P("data"),
+        out_specs=P("data"),
+    )
     assert rel_err(jax.jit(gw)(a), group_whitening(a, num_groups=2)) <= 1e-5
-    cse = jax.shard_map(lambda v: whitened_cse(v, key, num_groups=2, axis_name="data"), mesh=mesh,
-                        in_specs=P("data"), out_specs=P())
+    cse = jax.shard_map(
+        lambda v: whitened_cse(v, key, num_groups=2, axis_name="data"),
+        mesh=mesh,
+        in_specs=P("data"),
+        out_specs=P(),
+    )
     value, grad = jax.jit(jax.value_and_grad(lambda v: cse(v)))(views)
-    want_value, want_grad = jax.jit(jax.value_and_grad(lambda v: whitened_cse(v, key, num_groups=2)))(views)
+    want_value, want_grad = jax.jit(
+        jax.value_and_grad(lambda v: whitened_cse(v, key, num_groups=2))
+    )(views)
     assert rel_err(value, want_value) <= 1e-5
     assert rel_err(grad, want_grad) <= 1e-5

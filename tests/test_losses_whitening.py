@@ -40,7 +40,13 @@ def test_group_whitening_matches_float64_zca(rng, num_groups):
     assert z.dtype == jnp.float32 and z.shape == x.shape
     assert rel_err(z, np_group_whitening(x, num_groups, eps)) <= 1e-5
     if eps == 0.0:
-        np.testing.assert_allclose(_group_cov(z, num_groups), np.broadcast_to(np.eye(12 // num_groups), (num_groups, 12 // num_groups, 12 // num_groups)), atol=1e-4)
+        np.testing.assert_allclose(
+            _group_cov(z, num_groups),
+            np.broadcast_to(
+                np.eye(12 // num_groups), (num_groups, 12 // num_groups, 12 // num_groups)
+            ),
+            atol=1e-4,
+        )
 
 
 def test_group_whitening_well_conditioned_is_exact_to_1e5(rng):
@@ -50,17 +56,23 @@ def test_group_whitening_well_conditioned_is_exact_to_1e5(rng):
         z = group_whitening(x, num_groups=2, method=method)
         if method == "eigh":
             assert rel_err(z, np_group_whitening(x, 2)) <= 1e-5
-        np.testing.assert_allclose(_group_cov(z, 2), np.broadcast_to(np.eye(6), (2, 6, 6)), atol=2e-5)
+        np.testing.assert_allclose(
+            _group_cov(z, 2), np.broadcast_to(np.eye(6), (2, 6, 6)), atol=2e-5
+        )
 
 
 def test_cholesky_whitens_but_rotates_and_newton_schulz_approximates(rng):
     x = _data(rng, b=64)
     zca = np.asarray(group_whitening(x, num_groups=2), np.float64)
     chol = np.asarray(group_whitening(x, num_groups=2, method="cholesky"), np.float64)
-    ns = np.asarray(group_whitening(x, num_groups=2, method="newton_schulz", iterations=30, eps=0.0), np.float64)
+    ns = np.asarray(
+        group_whitening(x, num_groups=2, method="newton_schulz", iterations=30, eps=0.0), np.float64
+    )
     for g in range(2):
         blk = slice(6 * g, 6 * g + 6)
-        q = np.linalg.lstsq(zca[:, blk], chol[:, blk], rcond=None)[0]  # chol = zca @ Q, Q orthogonal
+        q = np.linalg.lstsq(zca[:, blk], chol[:, blk], rcond=None)[
+            0
+        ]  # chol = zca @ Q, Q orthogonal
         np.testing.assert_allclose(q.T @ q, np.eye(6), atol=1e-3)
         assert np.abs(q - np.eye(6)).max() > 1e-2  # ... and not the identity: it rotates
     # Newton-Schulz converges to ZCA as the iterations grow (error shrinks).
@@ -76,9 +88,14 @@ def test_whitening_matrices_against_float64(rng):
     want = u @ (lam[..., None] ** -0.5 * u.transpose(0, 2, 1))
     assert rel_err(zca_matrix(cov), want) <= 1e-5
     w = np.asarray(cholesky_matrix(cov), np.float64)
-    np.testing.assert_allclose(w.transpose(0, 2, 1) @ cov @ w, np.broadcast_to(np.eye(5), (3, 5, 5)), atol=1e-5)
+    np.testing.assert_allclose(
+        w.transpose(0, 2, 1) @ cov @ w, np.broadcast_to(np.eye(5), (3, 5, 5)), atol=1e-5
+    )
     assert np.all(np.tril(w, -1) == 0)  # W = L^-T is upper triangular
-    assert rel_err(w, np.linalg.inv(np.linalg.cholesky(cov.astype(np.float64))).transpose(0, 2, 1)) <= 1e-5
+    assert (
+        rel_err(w, np.linalg.inv(np.linalg.cholesky(cov.astype(np.float64))).transpose(0, 2, 1))
+        <= 1e-5
+    )
     ns = newton_schulz_matrix(cov, iterations=40)
     assert rel_err(ns, want) <= 1e-4
 
@@ -91,12 +108,23 @@ def test_stop_gradient_matches_official_detached_covariance(rng, method):
     g = jax.jit(jax.grad(lambda x: jnp.sum(r * group_whitening(x, num_groups=2, method=method))))(x)
     assert np.all(np.isfinite(g))
     # d/dx sum(r * (x - mean) W) with W constant = (r - mean_b r) W^T.
-    w = np.asarray(jax.vmap(lambda c: {"eigh": zca_matrix, "cholesky": cholesky_matrix, "newton_schulz": newton_schulz_matrix}[method](c))(jnp.asarray(_group_cov(x, 2), jnp.float32)), np.float64)
+    w = np.asarray(
+        jax.vmap(
+            lambda c: {
+                "eigh": zca_matrix,
+                "cholesky": cholesky_matrix,
+                "newton_schulz": newton_schulz_matrix,
+            }[method](c)
+        )(jnp.asarray(_group_cov(x, 2), jnp.float32)),
+        np.float64,
+    )
     rg = (r - r.mean(0)).reshape(16, 2, 6).astype(np.float64)
     want = np.einsum("bgj,gij->bgi", rg, w).reshape(16, 12)
     assert rel_err(g, want) <= 1e-5
     if method == "eigh":
-        want_t = torch_grad(lambda t: (torch.tensor(r, dtype=torch.float64) * torch_group_whitening(t, 2)).sum(), x)[0]
+        want_t = torch_grad(
+            lambda t: (torch.tensor(r, dtype=torch.float64) * torch_group_whitening(t, 2)).sum(), x
+        )[0]
         assert rel_err(g, want_t) <= 1e-5
 
 
@@ -105,7 +133,12 @@ def test_full_gradient_matches_torch_eigh_autograd(rng):
     r = rng.standard_normal(x.shape).astype(np.float32)
     fn = lambda x: jnp.sum(r * group_whitening(x, num_groups=2, stop_gradient=False))  # noqa: E731
     g = jax.jit(jax.grad(fn))(x)
-    want = torch_grad(lambda t: (torch.tensor(r, dtype=torch.float64) * torch_group_whitening(t, 2, detach=False)).sum(), x)[0]
+    want = torch_grad(
+        lambda t: (
+            torch.tensor(r, dtype=torch.float64) * torch_group_whitening(t, 2, detach=False)
+        ).sum(),
+        x,
+    )[0]
     assert rel_err(g, want) <= 1e-5
     # Central differences along a random direction (float32, step 1e-2: loose but meaningful).
     v = rng.standard_normal(x.shape).astype(np.float32)
@@ -115,11 +148,15 @@ def test_full_gradient_matches_torch_eigh_autograd(rng):
 
 def test_full_gradient_finite_for_repeated_eigenvalues():
     """Autodiff through eigh is NaN on ties; the Daleckii-Krein JVP is not."""
-    x = jnp.asarray(np.kron(np.eye(4), np.ones((4, 1))) * 2.0, jnp.float32)  # [16, 4]: cov = 3/4 I - ..., tied eigenvalues
+    x = jnp.asarray(
+        np.kron(np.eye(4), np.ones((4, 1))) * 2.0, jnp.float32
+    )  # [16, 4]: cov = 3/4 I - ..., tied eigenvalues
     x = jnp.concatenate([x, -x], 0)  # cov proportional to I: all four eigenvalues equal
     naive = jax.grad(lambda c: jnp.sum(jnp.linalg.eigh(c)[1] ** 3))(jnp.cov(x.T))
     assert not np.all(np.isfinite(naive))
-    g = jax.jit(jax.grad(lambda x: jnp.sum(jnp.sin(group_whitening(x, num_groups=1, stop_gradient=False)))))(x)
+    g = jax.jit(
+        jax.grad(lambda x: jnp.sum(jnp.sin(group_whitening(x, num_groups=1, stop_gradient=False))))
+    )(x)
     assert np.all(np.isfinite(g))
     # For Σ = s² I, d Σ^{-1/2} [E] = -E / (2 s³): compare with the closed form.
     cov = jnp.eye(3) * 4.0
@@ -136,7 +173,9 @@ def test_rank_deficient_batches_finite_with_eps(rng, method, case):
     else:
         x = _data(rng, b=4, d=12)  # B = 4 <= group size 6
     for stop in (True, False):
-        fn = lambda x: jnp.sum(jnp.tanh(group_whitening(x, num_groups=2, eps=1e-3, method=method, stop_gradient=stop)))  # noqa: E731
+        fn = lambda x: jnp.sum(
+            jnp.tanh(group_whitening(x, num_groups=2, eps=1e-3, method=method, stop_gradient=stop))
+        )  # noqa: E731
         value, grad = jax.jit(jax.value_and_grad(fn))(x)
         assert np.isfinite(value) and np.all(np.isfinite(grad)), (method, stop)
 
@@ -185,7 +224,10 @@ def np_whitened_cse(views, key, num_groups, temperature=0.05):
         w = np.empty(views[:, k].shape)
         w[:, perm] = np_group_whitening(views[:, k][:, perm], num_groups)
         whitened.append(w)
-    return sum(np_info_nce(whitened[0], whitened[k], temperature=temperature) for k in range(1, len(whitened)))
+    return sum(
+        np_info_nce(whitened[0], whitened[k], temperature=temperature)
+        for k in range(1, len(whitened))
+    )
 
 
 def test_whitened_cse_matches_reference_and_projection_is_applied(rng):
@@ -196,7 +238,11 @@ def test_whitened_cse_matches_reference_and_projection_is_applied(rng):
     assert got.dtype == jnp.float32
     assert rel_err(got, np_whitened_cse(views, key, 2)) <= 1e-4
     w = rng.standard_normal((12, 12)).astype(np.float32) / 4
-    fn = jax.jit(jax.value_and_grad(lambda v: whitened_cse(v, key, num_groups=2, projection=lambda z: jnp.tanh(z @ w))))
+    fn = jax.jit(
+        jax.value_and_grad(
+            lambda v: whitened_cse(v, key, num_groups=2, projection=lambda z: jnp.tanh(z @ w))
+        )
+    )
     proj, grad = fn(views)
     assert abs(float(proj) - float(got)) > 1e-3
     assert np.all(np.isfinite(grad)) and np.abs(grad).max() > 0
@@ -210,8 +256,14 @@ def test_whitened_cse_matches_reference_and_projection_is_applied(rng):
         (lambda: group_whitening(np.ones((8, 10)), num_groups=2, method="svd"), "method"),
         (lambda: group_whitening(np.ones((8, 10)), num_groups=2, eps=-1.0), "eps"),
         (lambda: group_whitening(np.ones((8, 10)), num_groups=0), "num_groups"),
-        (lambda: whitened_cse(np.ones((8, 1, 10)), jax.random.key(0), num_groups=2), r"P >= 2.*\(8, 1, 10\)"),
-        (lambda: whitened_cse(np.ones((8, 10)), jax.random.key(0), num_groups=2), r"\[B, P, D\].*\(8, 10\)"),
+        (
+            lambda: whitened_cse(np.ones((8, 1, 10)), jax.random.key(0), num_groups=2),
+            r"P >= 2.*\(8, 1, 10\)",
+        ),
+        (
+            lambda: whitened_cse(np.ones((8, 10)), jax.random.key(0), num_groups=2),
+            r"\[B, P, D\].*\(8, 10\)",
+        ),
     ],
 )
 def test_whitening_rejects_bad_arguments(call, match):

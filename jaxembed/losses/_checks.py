@@ -19,7 +19,9 @@ def as_float32(x, name: str):
     """Return ``x`` as a float32 jax array; reject non-floating inputs."""
     x = jnp.asarray(x)
     if not jnp.issubdtype(x.dtype, jnp.floating):
-        raise ValueError(f"{name} must be a floating-point array, got dtype {x.dtype} with shape {x.shape}")
+        raise ValueError(
+            f"{name} must be a floating-point array, got dtype {x.dtype} with shape {x.shape}"
+        )
     return x.astype(jnp.float32)
 
 
@@ -60,7 +62,7 @@ def check_choice(value, choices, name: str) -> None:
 
 
 def l2_normalize(x, *, axis: int = -1, eps: float = 1e-12):
-    """``x / max(||x||, eps)`` with a NaN-free gradient at ``x = 0`` (as ``torch.nn.functional.normalize``)."""
+    """``x / max(||x||, eps)``, NaN-free gradient at ``x = 0`` (as ``torch...normalize``)."""
     sq = jnp.sum(x * x, axis=axis, keepdims=True)
     return x * jax.lax.rsqrt(jnp.maximum(sq, eps * eps))
 

@@ -38,7 +38,9 @@ def _accumulate(carry, block, *, queries, labels, scale):
     keep = valid[None, :] & (cols[None, :] != labels[:, None])
     scores = jnp.where(keep, scores, -jnp.inf)
     new_max = jnp.maximum(run_max, jax.lax.stop_gradient(jnp.max(scores, axis=-1)))
-    run_sum = run_sum * jnp.exp(run_max - new_max) + jnp.sum(jnp.exp(scores - new_max[:, None]), axis=-1)
+    run_sum = run_sum * jnp.exp(run_max - new_max) + jnp.sum(
+        jnp.exp(scores - new_max[:, None]), axis=-1
+    )
     return (new_max, run_sum), None
 
 
@@ -159,7 +161,9 @@ def info_nce(
     if n is not None:
         candidates = jnp.concatenate([candidates, _gather(n, axis_name)], axis=0)
     positive_logit = scale * jnp.sum(a * p, axis=-1)
-    rows = _cross_entropy_rows(a, candidates, positive_logit, labels, scale=scale, chunk_size=chunk_size)
+    rows = _cross_entropy_rows(
+        a, candidates, positive_logit, labels, scale=scale, chunk_size=chunk_size
+    )
     loss = jnp.mean(rows)
     if axis_name is not None:
         loss = jax.lax.pmean(loss, axis_name)

@@ -52,7 +52,8 @@ def distill_mse(student_scores, teacher_scores):
       DSE trains ``(1 - α) · task_loss + α · distill_mse`` with ``α = 0.5``.
 
     Example:
-      >>> float(distill_mse(jnp.array([[1.0, 2.0], [0.0, 0.0]]), jnp.array([[0.0, 0.0], [1.0, 1.0]])))
+      >>> s, t = jnp.array([[1.0, 2.0], [0.0, 0.0]]), jnp.array([[0.0, 0.0], [1.0, 1.0]])
+      >>> float(distill_mse(s, t))
       3.5
 
     References:
@@ -62,6 +63,8 @@ def distill_mse(student_scores, teacher_scores):
     t = jax.lax.stop_gradient(as_float32(teacher_scores, "teacher_scores"))
     check_same_shape(s, "student_scores", t, "teacher_scores")
     if s.ndim not in (1, 2):
-        raise ValueError(f"student_scores must have shape [B] or [B, K], got shape {tuple(s.shape)}")
+        raise ValueError(
+            f"student_scores must have shape [B] or [B, K], got shape {tuple(s.shape)}"
+        )
     err = (s - t).reshape(s.shape[0], -1)
     return jnp.mean(jnp.sum(err * err, axis=-1))

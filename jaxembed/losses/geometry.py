@@ -5,13 +5,19 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from jaxembed.losses._checks import HIGHEST, as_float32, check_ndim, check_positive, check_same_shape
+from jaxembed.losses._checks import (
+    HIGHEST,
+    as_float32,
+    check_ndim,
+    check_positive,
+    check_same_shape,
+)
 
 __all__ = ["alignment", "uniformity"]
 
 
 def alignment(x, y, *, alpha=2):
-    r"""Alignment of positive pairs, :math:`\mathbb{E}_i \|x_i - y_i\|_2^{\alpha}` (lower is better).
+    r"""Alignment of positive pairs, :math:`\mathbb{E}_i \|x_i - y_i\|_2^{\alpha}` (lower: better).
 
     Args:
       x: [B, D] embeddings, L2-normalised by the caller (as in the paper).
@@ -22,8 +28,8 @@ def alignment(x, y, *, alpha=2):
       scalar float32.
 
     Example:
-      >>> float(alignment(jnp.array([[1.0, 0.0]]), jnp.array([[0.0, 1.0]])))
-      2.0...
+      >>> round(float(alignment(jnp.array([[1.0, 0.0]]), jnp.array([[0.0, 1.0]]))), 5)
+      2.0
 
     References:
       Wang & Isola 2020, "Understanding Contrastive Representation Learning
@@ -39,7 +45,9 @@ def alignment(x, y, *, alpha=2):
 
 
 def uniformity(x, *, t=2):
-    r"""Uniformity, :math:`\log \frac{2}{B(B-1)} \sum_{i<j} e^{-t \|x_i - x_j\|_2^2}` (lower is better).
+    r"""Uniformity, :math:`\log \frac{2}{B(B-1)} \sum_{i<j} e^{-t \|x_i - x_j\|_2^2}`.
+
+    Lower is better.
 
     Args:
       x: [B, D] L2-normalised embeddings, ``B >= 2``.

@@ -46,21 +46,26 @@ def _batch_size(tree, chunk: int, name: str) -> int:
     sizes = {leaf.shape[0] if getattr(leaf, "ndim", 0) else None for leaf in leaves}
     if len(sizes) != 1 or None in sizes:
         shapes = [tuple(jnp.shape(leaf)) for leaf in leaves]
-        raise ValueError(f"every array of {name} needs the same leading batch axis, got shapes {shapes}")
+        raise ValueError(
+            f"every array of {name} needs the same leading batch axis, got shapes {shapes}"
+        )
     (b,) = sizes
     if b % chunk:
         shapes = [tuple(leaf.shape) for leaf in leaves]
-        raise ValueError(f"{name} has batch size {b} (shapes {shapes}), not a multiple of chunk_size={chunk}")
+        raise ValueError(
+            f"{name} has batch size {b} (shapes {shapes}), not a multiple of chunk_size={chunk}"
+        )
     return b
 
 
 def _to_chunks(tree, chunk: int):
-    """[B, ...] -> [n, chunk, ...] with chunk ``j`` = rows ``j, j + n, j + 2n, ...`` (n = B / chunk).
+    """[B, ...] -> [n, chunk, ...]; chunk ``j`` = rows ``j, j + n, j + 2n, ...`` (n = B / chunk).
 
     Strided rather than contiguous: a batch sharded over devices in contiguous
     blocks puts ``chunk / n_devices`` rows of every chunk on every device, so
     the chunk loop needs no communication and keeps all devices busy.
     """
+
     def split(x):
         n = x.shape[0] // chunk
         return jnp.swapaxes(x.reshape((chunk, n) + x.shape[1:]), 0, 1)
@@ -70,6 +75,7 @@ def _to_chunks(tree, chunk: int):
 
 def _from_chunks(tree):
     """Inverse of :func:`_to_chunks`: [n, chunk, ...] -> [B, ...]."""
+
     def merge(x):
         n, chunk = x.shape[:2]
         return jnp.swapaxes(x, 0, 1).reshape((n * chunk,) + x.shape[2:])
@@ -85,7 +91,7 @@ def grad_cache(
     loss_takes_params: bool = False,
     has_aux: bool = False,
 ) -> Callable:
-    r"""Build ``fn(params, *inputs, rng=None, **loss_kwargs) -> (loss, grads)`` computed with GradCache.
+    r"""Build ``fn(params, *inputs, rng=None, **loss_kwargs) -> (loss, grads)`` using GradCache.
 
     Args:
       embed_fn: ``embed_fn(params, x_chunk)`` -> embeddings of one chunk, or
@@ -119,6 +125,7 @@ def grad_cache(
       inputs it equals the unsharded result.
 
     Example:
+      >>> from jaxembed.losses import info_nce
       >>> embed = lambda p, x: jnp.tanh(x @ p)
       >>> fn = grad_cache(embed, lambda a, b: info_nce(a, b), chunk_size=4)
       >>> p = jnp.eye(8); x = jax.random.normal(jax.random.key(0), (16, 8))
@@ -155,12 +162,14 @@ def grad_cache(
         num = len(inputs)
         if loss_takes_params:
             full = lambda p, *e: loss_fn(p, *e, **loss_kwargs)  # noqa: E731
-            out, (direct, *emb_grads) = jax.value_and_grad(full, argnums=tuple(range(num + 1)), has_aux=has_aux)(
-                params, *embeddings
-            )
+            out, (direct, *emb_grads) = jax.value_and_grad(
+                full, argnums=tuple(range(num + 1)), has_aux=has_aux
+            )(params, *embeddings)
         else:
             full = lambda *e: loss_fn(*e, **loss_kwargs)  # noqa: E731
-            out, emb_grads = jax.value_and_grad(full, argnums=tuple(range(num)), has_aux=has_aux)(*embeddings)
+            out, emb_grads = jax.value_and_grad(full, argnums=tuple(range(num)), has_aux=has_aux)(
+                *embeddings
+            )
             direct = jax.tree_util.tree_map(jnp.zeros_like, params)
         acc = jax.tree_util.tree_map(lambda g: g.astype(jnp.float32), direct)
 

@@ -34,7 +34,9 @@ def _check_weights(weights, n: int, name: str) -> tuple[float, ...]:
         return (1.0,) * n
     weights = tuple(float(w) for w in weights)
     if len(weights) != n:
-        raise ValueError(f"{name} must have one weight per entry ({n}), got {len(weights)}: {weights}")
+        raise ValueError(
+            f"{name} must have one weight per entry ({n}), got {len(weights)}: {weights}"
+        )
     return weights
 
 
@@ -42,7 +44,10 @@ def _truncate(x, dim: int, normalize: bool):
     if x is None:
         return None
     if dim > x.shape[-1]:
-        raise ValueError(f"Matryoshka dim {dim} exceeds the embedding size: got an embedding of shape {tuple(x.shape)}")
+        raise ValueError(
+            f"Matryoshka dim {dim} exceeds the embedding size: "
+            f"got an embedding of shape {tuple(x.shape)}"
+        )
     x = x[..., :dim]
     return l2_normalize(x.astype(jnp.float32)) if normalize else x
 
@@ -59,11 +64,13 @@ def matryoshka(loss_fn: Callable, dims, weights=None, *, normalize: bool = True)
         normalises anyway, but it matters for ``"dot"`` or MSE-type losses.
 
     Returns:
-      ``fn(*embeddings, **kwargs) = Σ_d w_d · loss_fn(*[e[..., :d] for e in embeddings], **kwargs)``.
+      ``fn(*embeddings, **kwargs) =
+      Σ_d w_d · loss_fn(*[e[..., :d] for e in embeddings], **kwargs)``.
       Positional arguments are truncated (``None`` passes through); keyword
       arguments are forwarded unchanged.
 
     Example:
+      >>> from jaxembed.losses import info_nce
       >>> loss = matryoshka(info_nce, (16, 8))
       >>> a = jax.random.normal(jax.random.key(0), (4, 16))
       >>> loss(a, a + 0.1).shape
@@ -78,7 +85,9 @@ def matryoshka(loss_fn: Callable, dims, weights=None, *, normalize: bool = True)
     def matryoshka_loss(*embeddings, **kwargs):
         total = jnp.float32(0.0)
         for dim, weight in zip(dims, weights):
-            total = total + weight * loss_fn(*(_truncate(e, dim, normalize) for e in embeddings), **kwargs)
+            total = total + weight * loss_fn(
+                *(_truncate(e, dim, normalize) for e in embeddings), **kwargs
+            )
         return total
 
     return matryoshka_loss
@@ -94,7 +103,10 @@ def _layer_weights(layer_weights, num_prior: int) -> jnp.ndarray:
         layer_weights = "uniform"
     if isinstance(layer_weights, str):
         if layer_weights not in schemes:
-            raise ValueError(f"layer_weights must be 'uniform', 'log', 'linear' or a sequence, got {layer_weights!r}")
+            raise ValueError(
+                "layer_weights must be 'uniform', 'log', 'linear' or a sequence, "
+                f"got {layer_weights!r}"
+            )
         w = [schemes[layer_weights](i) for i in range(num_prior)]
     else:
         w = _check_weights(layer_weights, num_prior, "layer_weights (one per prior layer, L - 1)")
@@ -153,6 +165,7 @@ def matryoshka_2d(
       stop-gradient teacher.
 
     Example:
+      >>> from jaxembed.losses import info_nce
       >>> loss = matryoshka_2d(info_nce, (16, 8))
       >>> s = jax.random.normal(jax.random.key(0), (3, 4, 16))
       >>> loss(s, s + 0.1).shape
@@ -172,7 +185,8 @@ def matryoshka_2d(
         for s in arrays:
             if s.ndim != 3 or s.shape[0] != num_layers:
                 raise ValueError(
-                    f"every stack must have shape [L, B, D] with the same L, got shapes {[tuple(a.shape) for a in arrays]}"
+                    "every stack must have shape [L, B, D] with the same L, "
+                    f"got shapes {[tuple(a.shape) for a in arrays]}"
                 )
         last = [None if s is None else s[-1] for s in stacks]
         loss = last_layer_weight * inner(*last, **kwargs)

@@ -62,15 +62,27 @@ def whitened_cse(
     check_ndim(views, 3, "views", "[B, P, D]")
     num_views = views.shape[1]
     if num_views < 2:
-        raise ValueError(f"views must have shape [B, P, D] with P >= 2 views, got shape {tuple(views.shape)}")
+        raise ValueError(
+            f"views must have shape [B, P, D] with P >= 2 views, got shape {tuple(views.shape)}"
+        )
     keys = jax.random.split(key, num_views)
     whiten = lambda x, k: shuffled_group_whitening(  # noqa: E731
-        x, k, num_groups=num_groups, eps=eps, method=method,
-        stop_gradient=stop_gradient, iterations=iterations, axis_name=axis_name,
+        x,
+        k,
+        num_groups=num_groups,
+        eps=eps,
+        method=method,
+        stop_gradient=stop_gradient,
+        iterations=iterations,
+        axis_name=axis_name,
     )
     whitened = jax.vmap(whiten, in_axes=(1, 0))(views, keys)  # [P, B, D]
-    outs = [whitened[k] if projection is None else projection(whitened[k]) for k in range(num_views)]
+    outs = [
+        whitened[k] if projection is None else projection(whitened[k]) for k in range(num_views)
+    ]
     return sum(
-        info_nce(outs[0], outs[k], temperature=temperature, axis_name=axis_name, chunk_size=chunk_size)
+        info_nce(
+            outs[0], outs[k], temperature=temperature, axis_name=axis_name, chunk_size=chunk_size
+        )
         for k in range(1, num_views)
     )

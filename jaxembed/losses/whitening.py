@@ -26,7 +26,10 @@ def _check_groups(x, num_groups) -> int:
     d = x.shape[-1]
     g = check_positive_int(num_groups, "num_groups")
     if d % g:
-        raise ValueError(f"x has shape {tuple(x.shape)}: its {d} channels do not split into num_groups={g} equal groups")
+        raise ValueError(
+            f"x has shape {tuple(x.shape)}: its {d} channels do not split "
+            f"into num_groups={g} equal groups"
+        )
     return g
 
 
@@ -70,7 +73,7 @@ def _whiten_channels_first(xt, *, num_groups, eps, method, stop_gradient, iterat
 
 @jax.custom_vjp
 def _take_rows(x, index, inverse):
-    """``x[index]`` for a permutation ``index`` whose transpose is the gather ``g[inverse]`` (no scatter-add)."""
+    """``x[index]`` for a permutation ``index``; its VJP is the gather ``g[inverse]``."""
     return x[index]
 
 
@@ -138,8 +141,13 @@ def group_whitening(
     check_ndim(x, 2, "x", "[B, D]")
     g = _check_groups(x, num_groups)
     out = _whiten_channels_first(
-        x.T, num_groups=g, eps=eps, method=method, stop_gradient=stop_gradient,
-        iterations=iterations, axis_name=axis_name,
+        x.T,
+        num_groups=g,
+        eps=eps,
+        method=method,
+        stop_gradient=stop_gradient,
+        iterations=iterations,
+        axis_name=axis_name,
     )
     return out.T
 
@@ -158,7 +166,8 @@ def shuffled_group_whitening(
     r"""Shuffled group whitening (SGW): whiten a random channel grouping.
 
     ``perm = jax.random.permutation(key, D)``; ``z = group_whitening(x[:, perm])``;
-    returns ``z[:, argsort(perm)]`` (the inverse permutation, built by a scatter) so channel ``j`` of the output belongs to
+    returns ``z[:, argsort(perm)]`` (the inverse permutation, built by a
+    scatter) so channel ``j`` of the output belongs to
     channel ``j`` of the input. Arguments as :func:`group_whitening`; ``key`` is
     a PRNG key (under ``shard_map`` it must be the same on every device).
 
@@ -179,9 +188,18 @@ def shuffled_group_whitening(
     check_ndim(x, 2, "x", "[B, D]")
     g = _check_groups(x, num_groups)
     perm = jax.random.permutation(key, x.shape[-1])
-    inverse = jnp.zeros_like(perm).at[perm].set(jnp.arange(perm.shape[0], dtype=perm.dtype), unique_indices=True)
+    inverse = (
+        jnp.zeros_like(perm)
+        .at[perm]
+        .set(jnp.arange(perm.shape[0], dtype=perm.dtype), unique_indices=True)
+    )
     out = _whiten_channels_first(
-        _take_rows(x.T, perm, inverse), num_groups=g, eps=eps, method=method,
-        stop_gradient=stop_gradient, iterations=iterations, axis_name=axis_name,
+        _take_rows(x.T, perm, inverse),
+        num_groups=g,
+        eps=eps,
+        method=method,
+        stop_gradient=stop_gradient,
+        iterations=iterations,
+        axis_name=axis_name,
     )
     return _take_rows(out, inverse, perm).T

@@ -89,14 +89,15 @@ def _zca_matrix_jvp(eps, primals, tangents):
     ut = jnp.swapaxes(u, -1, -2)
     s = jnp.sqrt(lam)
     w = _mm(u / s[..., None, :], ut)
-    # Divided differences of f(λ) = λ^{-1/2}: (f(a) - f(b)) / (a - b) = -1 / (√a √b (√a + √b)).
+    # Divided differences of f(λ) = λ^{-1/2}:
+    # (f(a) - f(b)) / (a - b) = -1 / (√a √b (√a + √b)).
     f = -1.0 / (s[..., :, None] * s[..., None, :] * (s[..., :, None] + s[..., None, :]))
     dw = _mm(_mm(u, f * _mm(_mm(ut, _symmetrize(dcov)), u)), ut)
     return w, dw
 
 
 def cholesky_matrix(cov, eps=0.0):
-    r"""Cholesky whitening matrix ``L^{-ᵀ}`` with ``cov + eps I = L Lᵀ``: [..., c, c] -> [..., c, c].
+    r"""Cholesky whitening matrix ``L^{-ᵀ}``, ``cov + eps I = L Lᵀ``: [..., c, c] -> same.
 
     Example:
       >>> w = cholesky_matrix(jnp.array([[4.0, 2.0], [2.0, 2.0]]))
@@ -112,7 +113,7 @@ def cholesky_matrix(cov, eps=0.0):
 
 
 def newton_schulz_matrix(cov, eps=0.0, *, iterations=5):
-    r"""IterNorm's Newton-Schulz approximation of ``(cov + eps I)^{-1/2}``: [..., c, c] -> [..., c, c].
+    r"""IterNorm's Newton-Schulz approximation of ``(cov + eps I)^{-1/2}``: [..., c, c] -> same.
 
     ``Σ_N = (cov + eps I) / tr(cov + eps I)``; IterNorm iterates
     ``P_{k+1} = (3 P_k - P_k^3 Σ_N) / 2`` from ``P_0 = I`` and returns
