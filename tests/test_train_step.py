@@ -172,7 +172,11 @@ def test_first_step_is_clipped_adamw(tiny_bert_dir, rng):
     for p0, p1, gi in zip(jax.tree.leaves(params), jax.tree.leaves(jax.device_get(new.params)), jax.tree.leaves(g)):
         gc = gi * scale
         expected = np.asarray(p0, np.float64) - lr * gc / (np.abs(gc) + 1e-8)
-        np.testing.assert_allclose(np.asarray(p1, np.float64), expected, atol=lr * 2e-3)
+        got = np.asarray(p1, np.float64)
+        # g/(|g|+eps) is ill-conditioned where |g| ~ eps: check those only for |step| <= lr
+        clear = np.abs(gc) > 1e-5
+        np.testing.assert_allclose(got[clear], expected[clear], atol=lr * 2e-3)
+        assert np.all(np.abs(got - np.asarray(p0, np.float64)) <= lr * (1 + 1e-3))
     assert int(new.step) == 1 and m["lr"] == pytest.approx(lr)
 
 
@@ -243,3 +247,36 @@ def test_matryoshka_2d_over_layers_and_dims(tiny_bert_dir, rng):
     assert abs(float(loss) - float(last_only)) > 1e-3  # the extra layers and dims do count
     with pytest.raises(ValueError, match="mlp=False"):
         build_objective(cfg.replace(mlp=True), enc)
+
+
+def test_grad_cache_equals_full_batch_gradient(tiny_bert_dir, rng):
+    from jaxembed.models.encoder import Encoder
+
+    # dropout off, so the cached and the plain path see the same encoder function
+    enc = Encoder.from_pretrained(tiny_bert_dir, pooling="cls", max_length=16,
+                                  config_overrides={"hidden_dropout_prob": 0.0,
+                                                    "attention_probs_dropout_prob": 0.0})
+    # mean pooling: a random tiny BERT's [CLS] rows are nearly identical, which puts
+    # InfoNCE at log(2B) where its gradient is all cancellation (ill-conditioned)
+    cfg = TrainConfig(model=str(tiny_bert_dir), objective="simcse_sup", max_length=16, batch_size=8,
+                      train_pooling="mean", mlp=True)
+    plain = build_objective(cfg, enc)
+    cached = build_objective(cfg.replace(grad_cache_chunk=4), enc)
+    heads, _ = shd._unbox(plain.init_heads(jax.random.PRNGKey(int(rng.integers(1 << 30)))))
+    params = {"encoder": enc.params, "head": heads}
+    batch = _batch(enc, rng, cfg, 8, 3)
+    key = jax.random.PRNGKey(int(rng.integers(1 << 30)))
+
+    def both(p, b):
+        return jax.value_and_grad(plain.loss, has_aux=True)(p, b, key), cached.value_and_grad(p, b, key)
+
+    ((l1, _), g1), ((l2, _), g2) = jax.jit(both)(params, batch)
+    np.testing.assert_allclose(float(l2), float(l1), rtol=1e-5)
+    # the attention key bias has an exactly-zero gradient (softmax is shift-invariant):
+    # its leaves hold pure round-off and are skipped
+    scale = max(np.linalg.norm(np.asarray(g)) for g in jax.tree.leaves(g1))
+    for a, b in zip(jax.tree.leaves(g2), jax.tree.leaves(g1)):
+        a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+        if np.linalg.norm(b) > 1e-6 * scale:
+            assert np.linalg.norm(a - b) <= 1e-3 * np.linalg.norm(b)
+    assert any(np.abs(np.asarray(g)).max() > 0 for g in jax.tree.leaves(g2["head"]))

@@ -56,6 +56,7 @@ class Objective:
     init_heads: Callable[[jax.Array], Any]   # key -> boxed head params ({} if none)
     rep_loss: Callable                  # (head_params, z, k_loss, batch) -> (loss, aux)
     loss: Callable[[Any, dict, jax.Array], tuple[jax.Array, dict]] = None
+    value_and_grad: Callable | None = None   # replaces jax.value_and_grad(loss) (GradCache)
 
     def sequences_per_row(self, text_columns: int) -> int:
         return text_columns * self.views
@@ -211,7 +212,7 @@ def build_objective(cfg: TrainConfig, enc) -> Objective:
     else:
         obj = _with_standard_loss(obj, cfg, enc)
     if cfg.grad_cache_chunk > 0:
-        obj = _with_grad_cache(obj, cfg)
+        obj = _with_grad_cache(obj, cfg, enc)
     return obj
 
 
@@ -265,13 +266,44 @@ def _with_matryoshka_2d(obj: Objective, cfg: TrainConfig, enc) -> Objective:
     return dataclasses.replace(obj, loss=loss)
 
 
-def _with_grad_cache(obj: Objective, cfg: TrainConfig) -> Objective:
-    # HOOK (grad cache): jaxembed.losses.grad_cache is being written by the losses
-    # engineer; wire it here once its API exists. Until then a config asking for it
-    # fails loudly instead of silently training without it.
-    try:
-        from jaxembed.losses import grad_cache  # noqa: F401
-    except ImportError as e:
-        raise NotImplementedError(
-            "grad_cache_chunk > 0 needs jaxembed.losses.grad_cache, which is not available yet") from e
-    raise NotImplementedError("grad_cache_chunk: the trainer hook is not wired yet")
+def _with_grad_cache(obj: Objective, cfg: TrainConfig, enc) -> Objective:
+    """GradCache (Gao et al. 2021) via :func:`jaxembed.losses.grad_cache`.
+
+    Each (text column, view) is one input of ``[B, L]`` token arrays; chunks of
+    ``grad_cache_chunk`` rows are embedded without activations, the objective's
+    loss runs on the full batch of embeddings, and its embedding gradient is
+    pulled back chunk by chunk. Memory: one chunk's activations; the loss and
+    gradient equal the full-batch ones for the same dropout masks (GradCache's
+    per-chunk keys, so not the masks of the un-cached path).
+    ``value_and_grad(params, batch, key) -> ((loss, aux), grads)``.
+    """
+    from jaxembed.losses import grad_cache
+    from jaxembed.models.pooling import pool
+
+    if cfg.matryoshka_2d:
+        raise ValueError("grad_cache_chunk with matryoshka_2d is not supported")
+    if cfg.batch_size % cfg.grad_cache_chunk:
+        raise ValueError(f"batch_size {cfg.batch_size} is not a multiple of grad_cache_chunk {cfg.grad_cache_chunk}")
+
+    def embed(params, x, key):
+        out = enc.apply(params["encoder"], x["input_ids"], x["attention_mask"], x["token_type_ids"],
+                        deterministic=False, dropout_rng=key,
+                        output_hidden_states=cfg.train_pooling == "last4_mean")
+        return pool(out, x["attention_mask"], cfg.train_pooling)
+
+    def loss_fn(params, *embeddings, key, scores):
+        z = jnp.stack(embeddings, axis=1)  # [B, C*views, D] in (column, view) order
+        return obj.rep_loss(params["head"], z, key, {"scores": scores})
+
+    fn = grad_cache(embed, loss_fn, chunk_size=cfg.grad_cache_chunk, loss_takes_params=True, has_aux=True)
+
+    def value_and_grad(params, batch, key):
+        k_drop, k_loss = jax.random.split(key)
+        c = batch["input_ids"].shape[1]
+        tt = batch.get("token_type_ids", jnp.zeros_like(batch["input_ids"]))
+        inputs = [{"input_ids": batch["input_ids"][:, j], "attention_mask": batch["attention_mask"][:, j],
+                   "token_type_ids": tt[:, j]} for j in range(c) for _ in range(obj.views)]
+        scores = batch.get("scores", jnp.zeros((batch["input_ids"].shape[0], 0), jnp.float32))
+        return fn(params, *inputs, rng=k_drop, key=k_loss, scores=scores)
+
+    return dataclasses.replace(obj, value_and_grad=value_and_grad)

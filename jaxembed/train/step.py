@@ -54,11 +54,15 @@ def create_state(params, tx: optax.GradientTransformation, shardings: TrainState
 
 
 def make_train_step(loss_fn, tx: optax.GradientTransformation, schedule, shardings: TrainState,
-                    mesh):
-    """Compile ``train_step`` for ``shardings``; batch leaves sharded on their first axis."""
+                    mesh, *, value_and_grad=None):
+    """Compile ``train_step`` for ``shardings``; batch leaves sharded on their first axis.
+
+    ``value_and_grad(params, batch, key) -> ((loss, aux), grads)`` replaces
+    ``jax.value_and_grad(loss_fn, has_aux=True)`` when given (GradCache).
+    """
 
     def train_step(state: TrainState, batch: dict):
-        grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+        grad_fn = value_and_grad or jax.value_and_grad(loss_fn, has_aux=True)
         (loss, aux), grads = grad_fn(state.params, batch, state.step_key())
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)

@@ -174,7 +174,8 @@ def _train(cfg: TrainConfig, workdir, echo: Callable[[str], None]) -> dict:
     peak = cfg.peak_flops_per_device or peak_flops_per_device(jax.devices()[0].device_kind,
                                                               bf16=cfg.mixed_precision)
 
-    step_fn = make_train_step(objective.loss, tx, schedule, shardings, mesh)
+    step_fn = make_train_step(objective.loss, tx, schedule, shardings, mesh,
+                              value_and_grad=objective.value_and_grad)
     tokenize = lambda texts: enc.tokenize(texts, max_length=cfg.max_length, pad_to=cfg.max_length)  # noqa: E731
     loader = BatchLoader(corpus, tokenize, batch_size=cfg.batch_size, seed=cfg.seed, start=start,
                          process_index=jax.process_index(), process_count=jax.process_count(),
