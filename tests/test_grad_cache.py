@@ -142,3 +142,17 @@ def test_grad_cache_rejects_ragged_batches(rng):
         )
     with pytest.raises(ValueError, match="chunk_size"):
         grad_cache(embed, info_nce, chunk_size=0)
+
+
+def test_grad_cache_inside_shard_map_with_cross_device_negatives(rng):
+    """Per-device chunks, loss with ``axis_name``: global-batch loss and summed parameter gradients."""
+    if jax.device_count() < 8:
+        pytest.skip("needs 8 (simulated) devices")
+    params = _params(rng)
+    inputs = (_batch(rng, 32), _batch(rng, 32), _batch(rng, 32))  # anchors, positives, hard negatives
+    mesh = jax.make_mesh((8,), ("data",), axis_types=(jax.sharding.AxisType.Auto,), devices=jax.devices()[:8])
+    fn = grad_cache(embed, lambda *e: info_nce(*e, temperature=0.1, axis_name="data"), chunk_size=2)
+    specs = (P(),) + (P("data"),) * 3
+    value, grads = jax.jit(jax.shard_map(fn, mesh=mesh, in_specs=specs, out_specs=(P(), P())))(params, *inputs)
+    plain = lambda *e: info_nce(*e, temperature=0.1)  # noqa: E731
+    _check((value, grads), _reference(params, inputs, plain, 32, None))

@@ -122,7 +122,11 @@ def grad_cache(
       batch twice gives two different dropout views (SimCSE). ``loss_kwargs``
       (e.g. the whitening key of ``whitened_cse``) are passed to ``loss_fn`` and
       not differentiated. Pure and jit-able; under ``jit`` with batch-sharded
-      inputs it equals the unsharded result.
+      inputs it equals the unsharded result. Inside ``shard_map`` give the
+      loss ``axis_name=`` (cross-device negatives): each device chunks its
+      local rows and the gradients of the replicated ``params`` come out
+      summed over devices (JAX's transpose of the implicit broadcast); fold
+      ``lax.axis_index`` into ``rng`` there if devices need distinct dropout.
 
     Example:
       >>> from jaxembed.losses import info_nce
