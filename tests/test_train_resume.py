@@ -85,13 +85,18 @@ def write_config(tmp_path: pathlib.Path, tiny_bert_dir, rng, *, steps=7, objecti
     lines = [" ".join(rng.choice(words, size=rng.integers(2, 14))) for _ in range(120)]
     corpus = tmp_path / "corpus.txt"
     corpus.write_text("\n".join(lines) + "\n\n")
+    sts = tmp_path / "sts-dev.csv"
+    pairs = [(" ".join(rng.choice(words, size=5)), " ".join(rng.choice(words, size=6))) for _ in range(40)]
+    sts.write_text("".join(f"genre\tfile\tyear\t{i:04d}\t{rng.uniform(0, 5):.3f}\t{a}\t{b}\n"
+                           for i, (a, b) in enumerate(pairs)))
     cfg = tmp_path / "cfg.py"
     cfg.write_text(
         "from jaxembed.train.config import TrainConfig\n"
         "def get_config(arg=None):\n"
         f"    return TrainConfig(model={str(tiny_bert_dir)!r}, data={str(corpus)!r}, objective={objective!r},\n"
         f"        num_views=3, num_groups=4, batch_size=16, max_length=16, steps={steps}, learning_rate=5e-4,\n"
-        f"        eval_every=0, save_every=2, keep=2, seed={int(rng.integers(1000))}, progress=False)\n")
+        f"        eval_every=3, eval_data={str(sts)!r}, save_every=2, keep=2, seed={int(rng.integers(1000))},\n"
+        f"        progress=False)\n")
     return cfg
 
 
@@ -110,9 +115,9 @@ def train_cmd(cfg, workdir, *extra) -> list[str]:
     return [sys.executable, "-m", "jaxembed.train.cli", str(cfg), "--workdir", str(workdir), *extra]
 
 
-def step_losses(workdir) -> dict[int, float]:
+def step_losses(workdir, key: str = "loss") -> dict[int, float]:
     rows = [json.loads(line) for line in (pathlib.Path(workdir) / "metrics.jsonl").read_text().splitlines()]
-    return {r["step"]: r["loss"] for r in rows if "loss" in r}
+    return {r["step"]: r[key] for r in rows if key in r}
 
 
 @pytest.fixture(scope="module")
@@ -130,6 +135,12 @@ def reference_run(tmp_path_factory, tiny_bert_dir):
 def test_sigkill_and_resume_is_bit_identical(reference_run):
     tmp, cfg, ref = reference_run["tmp"], reference_run["cfg"], reference_run["losses"]
     assert sorted(ref) == list(range(1, 8)) and len(set(ref.values())) > 1
+    rows = [json.loads(line) for line in (tmp / "work" / "metrics.jsonl").read_text().splitlines()]
+    evals = {r["step"]: r["eval/stsb_dev_spearman"] for r in rows if "eval/stsb_dev_spearman" in r}
+    assert sorted(evals) == [0, 3, 6, 7]
+    assert "STS-B dev Spearman: before" in reference_run["stdout"]
+    assert (tmp / "work" / "export_best" / "config.json").is_file()
+    assert rows[0]["data/skipped_empty"] == 1  # the corpus ends with an empty line
     work = tmp / "killed"
     proc = subprocess.Popen(train_cmd(cfg, work), env=train_env(tmp), stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, text=True)
@@ -151,6 +162,7 @@ def test_sigkill_and_resume_is_bit_identical(reference_run):
     assert "resumed from" in out.stdout
     got = step_losses(work)
     assert got == ref  # exact float equality, every step
+    assert step_losses(work, "eval/stsb_dev_spearman") == step_losses(tmp / "work", "eval/stsb_dev_spearman")
     assert (work / "export" / "config.json").is_file()
 
 
