@@ -80,7 +80,7 @@ def test_grad_cache_info_nce_with_dropout(rng):
 
 def test_grad_cache_whitened_cse_with_projection_head(rng):
     params = _params(rng)
-    batch = _batch(rng, 16)
+    batch = _batch(rng, 32)  # 32 rows: well-conditioned 6-channel group covariances
     key, wkey = jax.random.split(jax.random.key(int(rng.integers(2**31))))
 
     def loss(p, *views, whiten_key):
