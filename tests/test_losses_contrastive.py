@@ -69,7 +69,7 @@ def test_tiny_loss_keeps_relative_precision(rng):
     a = rng.standard_normal((8, 32)).astype(np.float32)
     p = (a + 0.1 * rng.standard_normal((8, 32))).astype(np.float32)
     want = np_info_nce(a, p)
-    assert want < 1e-4  # logsumexp - z+ would lose ~2 digits here in float32
+    assert want < 1e-3  # logsumexp - z+ (~20 - 20) would lose 2-3 digits here in float32
     assert rel_err(info_nce(a, p), want) <= 1e-5
     assert rel_err(info_nce(a, p, chunk_size=3), want) <= 1e-5
 
