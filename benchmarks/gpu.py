@@ -82,7 +82,8 @@ def matmul_peak(n: int) -> float:
     return 2 * n**3 / t
 
 
-def jax_case(model: str, objective: str, batch: int, seq_len: int, ids, mask, args):
+def jax_case(model: str, objective: str, batch: int, seq_len: int, ids, mask, args,
+             dropout_rng: str):
     import jax
     import jax.numpy as jnp
 
@@ -100,7 +101,8 @@ def jax_case(model: str, objective: str, batch: int, seq_len: int, ids, mask, ar
     enc = Encoder.from_config(ec, key=jax.random.PRNGKey(0), dtype=dtype, pooling="cls_before_pooler")
     cfg = TrainConfig(objective=objective, num_views=3 if objective == "whitenedcse" else 2,
                       num_groups=args.num_groups, whitening_eps=args.eps, batch_size=batch,
-                      max_length=seq_len, learning_rate=1e-5, mixed_precision=dtype == jnp.bfloat16)
+                      max_length=seq_len, learning_rate=1e-5, mixed_precision=dtype == jnp.bfloat16,
+                      dropout_rng=dropout_rng)
     obj = build_objective(cfg, enc)
     tx, schedule = make_optimizer(learning_rate=1e-5, total_steps=10_000)
     mesh = shd.make_mesh(data=-1, fsdp=1)
@@ -169,6 +171,10 @@ def main(argv=None) -> int:
     p.add_argument("--num-groups", type=int, default=128)
     p.add_argument("--eps", type=float, default=1e-5, help="eigenvalue floor, same on both sides")
     p.add_argument("--matmul-n", type=int, default=8192)
+    p.add_argument("--dropout-rng", default="rbg",
+                   help="comma-separated TrainConfig.dropout_rng values to time (threefry, rbg)")
+    p.add_argument("--baseline-threefry", action="store_true",
+                   help="also time the first batch/objective with threefry dropout bits")
     p.add_argument("--skip-torch", action="store_true")
     p.add_argument("--out", default=os.environ.get("OUT", ""), help="folder for results.jsonl")
     args = p.parse_args(argv)
@@ -191,49 +197,59 @@ def main(argv=None) -> int:
         args.skip_torch = True
     print(json.dumps({"bench": "gpu_header", **header}), flush=True)
 
-    rows = []
     out_file = pathlib.Path(args.out) / "results.jsonl" if args.out else None
     rng = np.random.default_rng(0)
     cfg = MODELS[args.model]
-    for batch in [int(b) for b in args.batch_sizes.split(",")]:
-        ids, mask = make_batch(rng, batch, args.seq_len)
-        for objective in args.objectives.split(","):
-            views = 3 if objective == "whitenedcse" else 2
-            j = jax_case(args.model, objective, batch, args.seq_len, ids, mask, args)
-            n_ne = non_embedding_params(j["n_params"], vocab_size=VOCAB, max_positions=512,
-                                        type_vocab_size=2, hidden=cfg["hidden_size"])
-            flops = encoder_train_flops(n_params=n_ne, layers=cfg["num_hidden_layers"],
-                                        hidden=cfg["hidden_size"], seq_len=args.seq_len,
-                                        sequences=batch * views)
-            row = {"bench": "gpu_train_step", "model": args.model, "objective": objective,
-                   "batch": batch, "seq_len": args.seq_len, "dtype": args.dtype, "device": kind,
-                   "flops_per_step": flops,
-                   "jax_step_s": j["step_s"], "jax_compile_s": j["compile_s"],
-                   "jax_sent_per_s": batch / j["step_s"],
-                   "jax_tokens_per_s": batch * views * args.seq_len / j["step_s"],
-                   "jax_tflops": flops / j["step_s"] / 1e12,
-                   "jax_mfu": flops / j["step_s"] / nominal,
-                   "jax_frac_matmul_peak": flops / j["step_s"] / measured_peak,
-                   "jax_loss_finite": j["finite"]}
-            if not args.skip_torch:
-                t = torch_case(args.model, objective, ids, mask, args)
-                row.update({"torch_step_s": t["step_s"], "torch_sent_per_s": batch / t["step_s"],
-                            "torch_tflops": flops / t["step_s"] / 1e12,
-                            "torch_mfu": flops / t["step_s"] / nominal,
-                            "torch_loss_finite": t["finite"],
-                            "speedup_jax_over_torch": t["step_s"] / j["step_s"]})
-            rows.append(row)
-            print(json.dumps(row), flush=True)
-            if out_file:
-                with out_file.open("a") as f:
-                    f.write(json.dumps({**header, **row}) + "\n")
+    batches = {int(b): make_batch(rng, int(b), args.seq_len) for b in args.batch_sizes.split(",")}
+    objectives = args.objectives.split(",")
+    # PyTorch first: JAX's allocator keeps what it freed, PyTorch's empty_cache gives it back.
+    torch_rows = {}
+    if not args.skip_torch:
+        for batch, (ids, mask) in batches.items():
+            for objective in objectives:
+                torch_rows[batch, objective] = torch_case(args.model, objective, ids, mask, args)
+    cases = [(b, o, r) for r in args.dropout_rng.split(",") for b in batches for o in objectives]
+    if args.baseline_threefry and "threefry" not in args.dropout_rng.split(","):
+        cases.insert(0, (next(iter(batches)), objectives[0], "threefry"))
+    rows = []
+    for batch, objective, dropout_rng in cases:
+        ids, mask = batches[batch]
+        views = 3 if objective == "whitenedcse" else 2
+        j = jax_case(args.model, objective, batch, args.seq_len, ids, mask, args, dropout_rng)
+        n_ne = non_embedding_params(j["n_params"], vocab_size=VOCAB, max_positions=512,
+                                    type_vocab_size=2, hidden=cfg["hidden_size"])
+        flops = encoder_train_flops(n_params=n_ne, layers=cfg["num_hidden_layers"],
+                                    hidden=cfg["hidden_size"], seq_len=args.seq_len,
+                                    sequences=batch * views)
+        row = {"bench": "gpu_train_step", "model": args.model, "objective": objective,
+               "batch": batch, "seq_len": args.seq_len, "dtype": args.dtype, "device": kind,
+               "dropout_rng": dropout_rng, "flops_per_step": flops,
+               "jax_step_s": j["step_s"], "jax_compile_s": j["compile_s"],
+               "jax_sent_per_s": batch / j["step_s"],
+               "jax_tokens_per_s": batch * views * args.seq_len / j["step_s"],
+               "jax_tflops": flops / j["step_s"] / 1e12,
+               "jax_mfu": flops / j["step_s"] / nominal,
+               "jax_frac_matmul_peak": flops / j["step_s"] / measured_peak,
+               "jax_loss_finite": j["finite"]}
+        t = torch_rows.get((batch, objective))
+        if t is not None:
+            row.update({"torch_step_s": t["step_s"], "torch_sent_per_s": batch / t["step_s"],
+                        "torch_tflops": flops / t["step_s"] / 1e12,
+                        "torch_mfu": flops / t["step_s"] / nominal,
+                        "torch_loss_finite": t["finite"],
+                        "speedup_jax_over_torch": t["step_s"] / j["step_s"]})
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+        if out_file:
+            with out_file.open("a") as f:
+                f.write(json.dumps({**header, **row}) + "\n")
 
     print(f"\n{kind}  jax {header['jax']}  torch {header.get('torch', '-')}  "
           f"matmul peak {measured_peak / 1e12:.0f} TFLOP/s (nominal {nominal / 1e12:.0f})")
-    print(f"{'objective':<13}{'batch':>6}{'jax ms':>9}{'torch ms':>10}{'jax sent/s':>12}"
+    print(f"{'objective':<13}{'rng':>9}{'batch':>6}{'jax ms':>9}{'torch ms':>10}{'jax sent/s':>12}"
           f"{'torch sent/s':>13}{'jax MFU':>9}{'torch MFU':>10}{'speedup':>9}")
     for r in rows:
-        print(f"{r['objective']:<13}{r['batch']:>6}{r['jax_step_s'] * 1e3:>9.1f}"
+        print(f"{r['objective']:<13}{r['dropout_rng']:>9}{r['batch']:>6}{r['jax_step_s'] * 1e3:>9.1f}"
               f"{r.get('torch_step_s', float('nan')) * 1e3:>10.1f}{r['jax_sent_per_s']:>12.0f}"
               f"{r.get('torch_sent_per_s', float('nan')):>13.0f}{r['jax_mfu'] * 100:>8.1f}%"
               f"{r.get('torch_mfu', float('nan')) * 100:>9.1f}%"

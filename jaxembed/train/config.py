@@ -67,6 +67,7 @@ class TrainConfig:
     adam_eps: float = 1e-8
     max_grad_norm: float = 1.0
     mixed_precision: bool = False        # bf16 compute, float32 params/losses
+    dropout_rng: str = "auto"            # threefry | rbg | unsafe_rbg | auto (threefry on CPU)
     # mesh
     mesh_data: int = -1                  # -1: all devices not used by fsdp
     mesh_fsdp: int = 1
@@ -90,6 +91,8 @@ class TrainConfig:
             raise ValueError(f"batch_size and max_length must be > 0, got {self.batch_size}, {self.max_length}")
         if self.num_views < 2 and self.objective in ("simcse_unsup", "whitenedcse"):
             raise ValueError(f"{self.objective} needs num_views >= 2, got {self.num_views}")
+        if self.dropout_rng not in ("auto", "threefry", "rbg", "unsafe_rbg"):
+            raise ValueError(f"dropout_rng must be auto|threefry|rbg|unsafe_rbg, got {self.dropout_rng!r}")
         if not 0.0 <= self.dse_alpha <= 1.0:
             raise ValueError(f"dse_alpha must be in [0, 1], got {self.dse_alpha}")
 
