@@ -504,7 +504,7 @@ def main(argv=None) -> int:
         if estimate > budget:
             if not args.fit_budget or fits < 1:
                 _log(
-                    f"over budget: rerun with --steps {fits} (or --fit-budget or --budget-minutes 0)"
+                    f"over budget: rerun with --steps {fits} (or --fit-budget, --budget-minutes 0)"
                 )
                 return 2
             _log(f"--fit-budget: steps {args.steps} -> {fits}")

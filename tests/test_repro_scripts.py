@@ -1,0 +1,208 @@
+"""Smoke test of the reproduction-study scripts (``benchmarks/repro_cpu.py``, ``distill_cpu.py``).
+
+Both run end to end on the random 2-layer ``tiny_bert_dir`` model with the
+tiniest settings (one step, STS-B only, evaluation truncated to 32 tokens) on a
+corpus and pairs drawn at random from the shared data; the test checks the JSON
+lines, the resume logic, the per-method training configs and that the
+truncated student is exactly the teacher's first layer. Most of its time is
+the two ``train`` calls' compilation of the 8-device step (~30 s each on the
+loaded 2-core machine).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import pathlib
+
+import numpy as np
+import pytest
+
+BENCH = pathlib.Path(__file__).resolve().parent.parent / "benchmarks"
+
+
+def _load(name: str):
+    spec = importlib.util.spec_from_file_location(f"_bench_{name}", BENCH / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _json_lines(text: str) -> list[dict]:
+    return [json.loads(x) for x in text.splitlines() if x.startswith("{")]
+
+
+def _finite_scores(row: dict, tasks) -> None:
+    assert set(row["scores"]) == {*tasks, "Avg"}
+    for v in row["scores"].values():
+        assert math.isfinite(v) and -100.0 <= v <= 100.0
+
+
+@pytest.mark.slow
+def test_repro_and_distill_scripts_end_to_end(tiny_bert_dir, shared_data, tmp_path, capsys, rng):
+    wiki = shared_data / "corpora" / "wiki1m" / "wiki1m_for_simcse.prefix.txt"
+    snli = shared_data / "corpora" / "snli_senteval"
+    sts = shared_data / "senteval"
+    if not (wiki.exists() and snli.exists() and sts.exists()):
+        pytest.skip("shared data not present")
+
+    lines = wiki.read_text(encoding="utf-8").splitlines()
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("\n".join(lines[i] for i in rng.choice(len(lines), 64, replace=False)) + "\n")
+
+    # ---- repro_cpu: "none" + one SimCSE step, mean pooling, STS-B
+    repro = _load("repro_cpu")
+    work = tmp_path / "repro"
+    argv = [
+        "--model",
+        str(tiny_bert_dir),
+        "--steps",
+        "1",
+        "--batch-size",
+        "8",
+        "--seeds",
+        "1",
+        "--poolings",
+        "mean",
+        "--methods",
+        "none,simcse_unsup",
+        "--num-groups",
+        "4",
+        "--tasks",
+        "STSBenchmark",
+        "--data",
+        str(corpus),
+        "--sts-dir",
+        str(sts),
+        "--workdir",
+        str(work),
+        "--budget-minutes",
+        "0",
+        "--eval-max-length",
+        "32",
+    ]
+    assert repro.main(argv) == 0
+    out = capsys.readouterr().out
+    rows = _json_lines(out)
+    assert [(r["method"], r["pooling"], r["seed"]) for r in rows] == [
+        ("none", "mean", None),
+        ("simcse_unsup", "mean", 0),
+    ]
+    keys = {
+        "method",
+        "pooling",
+        "seed",
+        "model",
+        "tasks",
+        "steps",
+        "batch_size",
+        "learning_rate",
+        "train_s",
+        "final_loss",
+        "scores",
+        "eval_s",
+        "key",
+    }
+    for r in rows:
+        assert keys <= set(r)
+        _finite_scores(r, ["STSBenchmark"])
+    assert rows[1]["steps"] == 1 and math.isfinite(rows[1]["final_loss"])
+    assert "| simcse_unsup | mean | 1 |" in out and "78.78" in out  # the table with the paper's Avg
+    saved = (work / "results.jsonl").read_text().splitlines()
+    assert [json.loads(x) for x in saved] == rows
+
+    assert repro.main(argv) == 0  # resume: every run is done, nothing is appended
+    capsys.readouterr()
+    assert (work / "results.jsonl").read_text().splitlines() == saved
+
+    # the methods differ only in objective and views: same data order, lr, batch and steps
+    args = repro.build_parser().parse_args(argv)
+    seed = int(rng.integers(100))
+    simcse = repro.train_config(args, "simcse_unsup", "cls_before_pooler", seed)
+    wcse = repro.train_config(args, "whitenedcse", "cls_before_pooler", seed)
+    diff = {k for k, v in simcse.to_dict().items() if wcse.to_dict()[k] != v}
+    assert diff == {"objective", "num_views"}
+    assert (wcse.num_views, wcse.num_groups, wcse.whitening_eps, wcse.seed) == (3, 4, 1e-5, seed)
+    assert (simcse.eval_every, simcse.mlp, simcse.temperature, simcse.max_length) == (
+        0,
+        True,
+        0.05,
+        32,
+    )
+
+    # ---- distill_cpu: teacher = tiny 2-layer model, student = its first layer, random SNLI pairs
+    distill = _load("distill_cpu")
+    pairs = tmp_path / "snli"
+    pairs.mkdir()
+    s1 = (snli / "s1.dev").read_text(encoding="utf-8").splitlines()
+    s2 = (snli / "s2.dev").read_text(encoding="utf-8").splitlines()
+    pick = rng.choice(len(s1), 32, replace=False)
+    (pairs / "s1.dev").write_text("\n".join(s1[i] for i in pick) + "\n")
+    (pairs / "s2.dev").write_text("\n".join(s2[i] for i in pick) + "\n")
+    dwork = tmp_path / "distill"
+    assert (
+        distill.main(
+            [
+                "--model",
+                str(tiny_bert_dir),
+                "--student-layers",
+                "1",
+                "--pairs",
+                str(pairs),
+                "--steps",
+                "1",
+                "--batch-size",
+                "8",
+                "--max-length",
+                "16",
+                "--dse-hidden",
+                "16",
+                "--tasks",
+                "STSBenchmark",
+                "--sts-dir",
+                str(sts),
+                "--speed-sentences",
+                "64",
+                "--speed-repeats",
+                "1",
+                "--workdir",
+                str(dwork),
+                "--eval-max-length",
+                "32",
+            ]
+        )
+        == 0
+    )
+    rows = _json_lines(capsys.readouterr().out)
+    models = [r for r in rows if "model" in r]
+    assert [(r["model"], r["layers"]) for r in models] == [
+        ("teacher", 2),
+        ("student_init", 1),
+        ("student", 1),
+    ]
+    for r in models:
+        _finite_scores(r, ["STSBenchmark"])
+    assert models[1]["params"] == models[2]["params"] < models[0]["params"]
+    assert models[2]["steps"] == 1 and models[2]["pairs"] == 32
+    assert math.isfinite(models[2]["final_loss"])
+    speed = [r for r in rows if r.get("speed")][0]
+    assert speed["teacher_sent_per_s"] > 0 and speed["student_sent_per_s"] > 0
+    teacher_pairs = [
+        json.loads(x) for x in (dwork / "teacher_pairs.jsonl").read_text().splitlines()
+    ]
+    assert len(teacher_pairs) == 32 and all(
+        -1.0 - 1e-6 <= p["teacher"] <= 1.0 + 1e-6 for p in teacher_pairs
+    )
+
+    # the truncated student is exactly the teacher's embeddings + first layer
+    from jaxembed.models.encoder import Encoder
+
+    teacher = Encoder.from_pretrained(tiny_bert_dir)
+    student = distill.truncate_encoder(teacher, 1)
+    ids = rng.integers(1000, 30000, size=(3, 12)).astype(np.int32)
+    mask = np.ones_like(ids)
+    mask[0, 7:] = 0
+    want = teacher.apply(teacher.params, ids, mask, output_hidden_states=True).hidden_states[1]
+    got = student.apply(student.params, ids, mask).last_hidden_state
+    np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-5, atol=1e-5)
