@@ -189,3 +189,13 @@ def test_minilm_matches_sentence_transformers(minilm_path, shared_data):
     st = SentenceTransformer(str(minilm_path), device="cpu").encode(sents, batch_size=128)
     assert ours.shape == st.shape == (250, 384)
     np.testing.assert_allclose(ours, st, atol=1e-5, rtol=0)
+
+
+def test_precompile_covers_encode(tiny, rng):
+    enc = tiny.replace(pooling="cls_before_pooler")
+    texts = random_texts(rng, 19, max_words=30)
+    before = enc._trace_count
+    n = enc.precompile(texts, batch_size=8)
+    assert enc._trace_count - before == n >= 1
+    enc.encode(texts, batch_size=8)
+    assert enc._trace_count - before == n  # encode compiled nothing new

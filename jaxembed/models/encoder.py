@@ -324,6 +324,30 @@ class Encoder:
         _warn_truncated(n_truncated, max_length)
         return out
 
+    def precompile(self, texts: Optional[Sequence[str]] = None, *, batch_size: int = 64,
+                   max_length: Optional[int] = None, chunk_batches: int = 32) -> int:
+        """Compile the encode step for every batch shape ``encode(texts, batch_size=...)``
+        will use (for ``texts=None``: every length bucket at full ``batch_size`` rows), so
+        later calls run without compiling. Returns the number of shapes."""
+        max_length = max_length or self.max_length
+        table = buckets.length_buckets(max_length)
+        if texts is None:
+            shapes = {(batch_size, length) for length in table}
+        else:
+            texts = _check_texts(texts)
+            span, shapes = batch_size * max(1, chunk_batches), set()
+            for start in range(0, len(texts), span):
+                ids, _, _ = self._token_ids(texts[start: start + span], max_length=max_length)
+                shapes |= {(rows, length) for _, rows, length in buckets.plan_batches(
+                    [len(x) for x in ids], batch_size=batch_size, max_length=max_length)}
+        step = _encode_step(self.module, self.pooling, self.normalize)
+        for rows, length in sorted(shapes):
+            ids = np.full((rows, length), self.pad_token_id, np.int32)
+            mask = np.zeros((rows, length), np.int32)
+            mask[:, 0] = 1
+            jax.block_until_ready(step(self.params, ids, mask, np.zeros_like(ids)))
+        return len(shapes)
+
     # ------------------------------------------------------------------ export
     def save_pretrained(self, directory, *, params=None) -> pathlib.Path:
         """Write an HF + sentence-transformers folder (config.json, model.safetensors,
