@@ -308,3 +308,24 @@ def test_projection_and_pair_heads(rng):
     np.testing.assert_allclose(pair.apply(v, u, t), want, atol=1e-5)
     with pytest.raises(ValueError, match="u and v"):
         pair.apply(v, u, t[:, :5])
+
+
+def test_legacy_layernorm_names_and_config_defaults(tmp_path, rng):
+    """TF-era ``LayerNorm.gamma/beta`` keys load; a RoBERTa config.json without
+    ``pad_token_id`` gets transformers' default (1), not BERT's (0)."""
+    model = make_hf("roberta", tmp_path, rng, layers=2)
+
+    def edit(s):
+        for k in [k for k in s if "LayerNorm" in k]:
+            s[k.replace(".weight", ".gamma").replace(".bias", ".beta")] = s.pop(k)
+
+    _rewrite(tmp_path, edit)
+    cfg = json.loads((tmp_path / "config.json").read_text())
+    cfg.pop("pad_token_id")
+    (tmp_path / "config.json").write_text(json.dumps(cfg))
+    enc = Encoder.from_pretrained(tmp_path)
+    assert enc.config.pad_token_id == 1
+    ids, mask, _ = padded_batch(rng, pad=1)
+    with torch.no_grad():
+        ref = model(torch.tensor(ids), attention_mask=torch.tensor(mask)).last_hidden_state.numpy()
+    np.testing.assert_allclose(enc.apply(enc.params, ids, mask).last_hidden_state, ref, atol=TOL, rtol=0)

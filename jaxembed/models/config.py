@@ -25,6 +25,13 @@ SUPPORTED_MODEL_TYPES = ("bert", "roberta", "xlm-roberta")
 SUPPORTED_ACTIVATIONS = ("gelu", "gelu_new", "gelu_pytorch_tanh", "relu", "silu", "swish")
 
 
+# transformers' RobertaConfig / XLMRobertaConfig defaults that differ from BERT's
+_TYPE_DEFAULTS = {
+    "roberta": {"pad_token_id": 1, "vocab_size": 50265},
+    "xlm-roberta": {"pad_token_id": 1},
+}
+
+
 @dataclasses.dataclass(frozen=True)
 class EncoderConfig:
     """Shape and regularisation of the encoder (all fields keyword-only in spirit).
@@ -91,7 +98,8 @@ class EncoderConfig:
         if d.get("is_decoder") or d.get("add_cross_attention"):
             raise ValueError("decoder / cross-attention configs are not supported")
         fields = {f.name for f in dataclasses.fields(cls)}
-        kwargs = {k: v for k, v in d.items() if k in fields and v is not None}
+        kwargs = dict(_TYPE_DEFAULTS.get(model_type, {}))  # HF class defaults where the file is silent
+        kwargs.update({k: v for k, v in d.items() if k in fields and v is not None})
         kwargs.update(overrides)
         return cls(**kwargs)
 
