@@ -127,8 +127,39 @@ def jax_case(model: str, objective: str, batch: int, seq_len: int, ids, mask, ar
 
     n_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(params))
     first, t = median_time(run, sync, warmup=args.warmup, steps=args.steps)
-    return {"compile_s": first, "step_s": t, "loss_last": losses[-1], "n_params": n_params,
-            "finite": bool(np.all(np.isfinite(losses)))}
+    result = {"compile_s": first, "step_s": t, "loss_last": losses[-1], "n_params": n_params,
+              "finite": bool(np.all(np.isfinite(losses)))}
+    if args.breakdown:
+        # where the step's time goes: loss forward alone, forward+backward, whole step
+        key = jax.random.PRNGKey(3)
+        p_now = box["state"].params
+        fwd = jax.jit(lambda p: obj.loss(p, dev_batch, key)[0])
+        grad = jax.jit(lambda p: jax.value_and_grad(lambda q: obj.loss(q, dev_batch, key)[0])(p))
+        result["forward_s"] = median_time(lambda: fwd(p_now), jax.block_until_ready,
+                                          warmup=2, steps=args.steps)[1]
+        result["forward_backward_s"] = median_time(lambda: grad(p_now), jax.block_until_ready,
+                                                   warmup=2, steps=args.steps)[1]
+    if args.profile:
+        _profile(run, sync, pathlib.Path(args.profile))
+        args.profile = ""  # first case only
+    return result
+
+
+def _profile(run, sync, out: pathlib.Path) -> None:
+    """A jax.profiler trace of 3 steps, its .xplane.pb copied flat into ``out``
+    (the device tool returns files at most two folders down)."""
+    import shutil
+    import tempfile
+
+    import jax
+
+    tmp = tempfile.mkdtemp()
+    with jax.profiler.trace(tmp):
+        for _ in range(3):
+            sync(run())
+    out.mkdir(parents=True, exist_ok=True)
+    for f in pathlib.Path(tmp).rglob("*.xplane.pb"):
+        shutil.copy(f, out / "train_step.xplane.pb")
 
 
 def torch_case(model: str, objective: str, ids, mask, args):
@@ -175,6 +206,9 @@ def main(argv=None) -> int:
                    help="comma-separated TrainConfig.dropout_rng values to time (threefry, rbg)")
     p.add_argument("--baseline-threefry", action="store_true",
                    help="also time the first batch/objective with threefry dropout bits")
+    p.add_argument("--breakdown", action="store_true",
+                   help="also time the loss forward and forward+backward alone (jax)")
+    p.add_argument("--profile", default="", help="folder for a jax.profiler trace of case 1")
     p.add_argument("--skip-torch", action="store_true")
     p.add_argument("--out", default=os.environ.get("OUT", ""), help="folder for results.jsonl")
     args = p.parse_args(argv)
@@ -230,7 +264,8 @@ def main(argv=None) -> int:
                "jax_tflops": flops / j["step_s"] / 1e12,
                "jax_mfu": flops / j["step_s"] / nominal,
                "jax_frac_matmul_peak": flops / j["step_s"] / measured_peak,
-               "jax_loss_finite": j["finite"]}
+               "jax_loss_finite": j["finite"],
+               **{f"jax_{k}": j[k] for k in ("forward_s", "forward_backward_s") if k in j}}
         t = torch_rows.get((batch, objective))
         if t is not None:
             row.update({"torch_step_s": t["step_s"], "torch_sent_per_s": batch / t["step_s"],
