@@ -532,6 +532,8 @@ def main(argv=None) -> int:
             todo = [r for r in runs if run_key(args, *r) not in done]
 
     with open(results_path, "a") as out:
+        if results_path.stat().st_size and not results_path.read_bytes().endswith(b"\n"):
+            out.write("\n")  # a line torn by a kill: start the next one on its own line
         for method, pooling, seed in todo:
             _log(f"run {method} {pooling} seed {seed}")
             row = run_one(args, method, pooling, seed)
