@@ -55,12 +55,16 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=512, help="sentences per timed pass")
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--batch-size", type=int, default=128)
-    ap.add_argument("--onednn", action="store_true",
-                    help="add --xla_cpu_experimental_onednn_custom_call=true to XLA_FLAGS")
+    ap.add_argument(
+        "--onednn",
+        action="store_true",
+        help="add --xla_cpu_experimental_onednn_custom_call=true to XLA_FLAGS",
+    )
     args = ap.parse_args()
     if args.onednn:  # must happen before jax initialises its CPU backend
-        os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
-                                   " --xla_cpu_experimental_onednn_custom_call=true").strip()
+        os.environ["XLA_FLAGS"] = (
+            os.environ.get("XLA_FLAGS", "") + " --xla_cpu_experimental_onednn_custom_call=true"
+        ).strip()
 
     import numpy as np
     import torch
@@ -78,7 +82,7 @@ def main() -> None:
         sents = [line.strip() for _, line in zip(range(need), f)]
     if len(sents) < need:
         raise SystemExit(f"corpus has {len(sents)} sentences, need {need}")
-    slices = [sents[i * args.n: (i + 1) * args.n] for i in range(args.rounds + 1)]
+    slices = [sents[i * args.n : (i + 1) * args.n] for i in range(args.rounds + 1)]
 
     enc = Encoder.from_pretrained(args.model)
     st = SentenceTransformer(args.model, device="cpu")
@@ -115,23 +119,37 @@ def main() -> None:
         st_rates.append(args.n / times[run_st])
         ratios.append(times[run_st] / times[run_jax])
         cpu_ratios.append(cpu[run_st] / cpu[run_jax])
-        print(json.dumps({"round": r, "jaxembed_sent_per_s": round(jax_rates[-1], 1),
-                          "sentence_transformers_sent_per_s": round(st_rates[-1], 1),
-                          "speedup": round(ratios[-1], 3), "cpu_time_speedup": round(cpu_ratios[-1], 3)}),
-              flush=True)
+        print(
+            json.dumps(
+                {
+                    "round": r,
+                    "jaxembed_sent_per_s": round(jax_rates[-1], 1),
+                    "sentence_transformers_sent_per_s": round(st_rates[-1], 1),
+                    "speedup": round(ratios[-1], 3),
+                    "cpu_time_speedup": round(cpu_ratios[-1], 3),
+                }
+            ),
+            flush=True,
+        )
     result = {
         "benchmark": "encode",
-        "model": model_name, "xla_flags": os.environ.get("XLA_FLAGS", ""),
-        "n_per_round": args.n, "rounds": args.rounds, "batch_size": args.batch_size,
+        "model": model_name,
+        "xla_flags": os.environ.get("XLA_FLAGS", ""),
+        "n_per_round": args.n,
+        "rounds": args.rounds,
+        "batch_size": args.batch_size,
         "jaxembed_sent_per_s": round(statistics.median(jax_rates), 1),
         "sentence_transformers_sent_per_s": round(statistics.median(st_rates), 1),
         "speedup_median": round(statistics.median(ratios), 3),
         "cpu_time_speedup_median": round(statistics.median(cpu_ratios), 3),
         "warmup_s": {"jaxembed": round(warm_jax, 2), "sentence_transformers": round(warm_st, 2)},
-        "compile_s": round(compile_s, 2), "compiled_shapes": n_shapes,
+        "compile_s": round(compile_s, 2),
+        "compiled_shapes": n_shapes,
         "traces_after_precompile": enc._trace_count - n_shapes,
         "max_abs_diff": max_diff,
-        "cpu": cpu_name(), "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+        "cpu": cpu_name(),
+        "cores": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
         "load_avg": os.getloadavg()[0],
     }
     print(json.dumps(result), flush=True)

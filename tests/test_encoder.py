@@ -14,8 +14,10 @@ import transformers
 from jaxembed.models import buckets
 from jaxembed.models.encoder import Encoder
 
-WORDS = ("the a man woman dog plays guitar slices onion river bank quickly under over red "
-         "blue jumps runs happily zebra quantum xylophone tokenisation 42 , . !").split()
+WORDS = (
+    "the a man woman dog plays guitar slices onion river bank quickly under over red "
+    "blue jumps runs happily zebra quantum xylophone tokenisation 42 , . !"
+).split()
 
 
 def random_texts(rng, n, *, max_words=20):
@@ -31,10 +33,12 @@ def torch_embed(folder, texts, *, pooling, normalize, max_length=128):
         out = model(**b)
     h = out.last_hidden_state.numpy().astype(np.float64)
     m = b["attention_mask"].numpy().astype(np.float64)[..., None]
-    z = {"mean": lambda: (h * m).sum(1) / m.sum(1),
-         "max": lambda: np.where(m > 0, h, -np.inf).max(1),
-         "cls_before_pooler": lambda: h[:, 0],
-         "cls": lambda: out.pooler_output.numpy().astype(np.float64)}[pooling]()
+    z = {
+        "mean": lambda: (h * m).sum(1) / m.sum(1),
+        "max": lambda: np.where(m > 0, h, -np.inf).max(1),
+        "cls_before_pooler": lambda: h[:, 0],
+        "cls": lambda: out.pooler_output.numpy().astype(np.float64),
+    }[pooling]()
     return z / np.linalg.norm(z, axis=1, keepdims=True) if normalize else z
 
 
@@ -81,15 +85,19 @@ def test_encode_compiles_once_per_bucket(tiny, rng):
     before = enc._trace_count
     first = enc.encode(texts, batch_size=8)
     lengths = enc.tokenize(texts)["attention_mask"].sum(1)
-    shapes = {(rows, length) for _, rows, length in
-              buckets.plan_batches(lengths, batch_size=8, max_length=128)}
+    shapes = {
+        (rows, length)
+        for _, rows, length in buckets.plan_batches(lengths, batch_size=8, max_length=128)
+    }
     assert {rows for rows, _ in shapes} == {8}  # 3 full batches of 8, one of 5 padded to 8
     assert enc._trace_count - before == len(shapes)
     again = enc.encode(list(reversed(texts)), batch_size=8)
     assert enc._trace_count - before == len(shapes)  # nothing new to compile
     np.testing.assert_allclose(again[::-1], first, atol=1e-6, rtol=0)
     # chunked pipeline (several tokenisation chunks) gives the same result
-    np.testing.assert_allclose(enc.encode(texts, batch_size=8, chunk_batches=2), first, atol=1e-6, rtol=0)
+    np.testing.assert_allclose(
+        enc.encode(texts, batch_size=8, chunk_batches=2), first, atol=1e-6, rtol=0
+    )
 
 
 def test_bucket_plan(rng):
@@ -102,10 +110,13 @@ def test_bucket_plan(rng):
     np.testing.assert_array_equal(np.sort(seen), np.arange(100))
     for idx, rows, length in plan:
         longest = lengths[idx].max()
-        assert length in table and length >= longest and (length == 8 or length < longest * 1.25 + 8)
+        assert (
+            length in table and length >= longest and (length == 8 or length < longest * 1.25 + 8)
+        )
         assert rows == (16 if len(idx) == 16 else 4)  # 100 = 6 * 16 + 4
-    assert [lengths[idx].max() for idx, _, _ in plan] == sorted((lengths[idx].max() for idx, _, _ in plan),
-                                                             reverse=True)
+    assert [lengths[idx].max() for idx, _, _ in plan] == sorted(
+        (lengths[idx].max() for idx, _, _ in plan), reverse=True
+    )
     with pytest.raises(ValueError, match="exceeds the largest bucket"):
         buckets.bucket_for(257, table)
 
@@ -118,8 +129,12 @@ def test_bad_inputs(tiny, tiny_bert_dir):
         tiny.encode("a dog")
     empty = tiny.encode(["", "a dog runs"], batch_size=4)
     assert np.isfinite(empty).all() and np.abs(empty[0]).max() > 0
-    np.testing.assert_allclose(empty, torch_embed(tiny_bert_dir, ["", "a dog runs"], pooling="mean",
-                                                  normalize=False), atol=1e-5, rtol=0)
+    np.testing.assert_allclose(
+        empty,
+        torch_embed(tiny_bert_dir, ["", "a dog runs"], pooling="mean", normalize=False),
+        atol=1e-5,
+        rtol=0,
+    )
     long = " ".join(["river"] * 5000)
     with pytest.warns(UserWarning, match=r"1 text\(s\) longer than max_length=128"):
         got = tiny.encode([long, "short one"], batch_size=4)
@@ -127,8 +142,10 @@ def test_bad_inputs(tiny, tiny_bert_dir):
     np.testing.assert_allclose(got, want, atol=1e-5, rtol=0)
     with pytest.warns(UserWarning, match="truncated"):
         assert tiny.tokenize([long])["input_ids"].shape == (1, 128)
-    for make in (lambda: tiny.replace(pooling="last4_mean"),
-                 lambda: Encoder.from_pretrained(tiny_bert_dir, pooling="last4_mean")):
+    for make in (
+        lambda: tiny.replace(pooling="last4_mean"),
+        lambda: Encoder.from_pretrained(tiny_bert_dir, pooling="last4_mean"),
+    ):
         with pytest.raises(ValueError, match="last4_mean needs >= 4 layers"):
             make()
     with pytest.raises(ValueError, match="unknown pooling 'avg'"):
@@ -140,14 +157,19 @@ def test_progress_bar(tiny, capsys, rng):
     assert "encode" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("pooling,normalize", [("mean", True), ("cls", False), ("cls_before_pooler", True),
-                                               ("max", False)])
+@pytest.mark.parametrize(
+    "pooling,normalize",
+    [("mean", True), ("cls", False), ("cls_before_pooler", True), ("max", False)],
+)
 def test_export_reloads_in_jaxembed_transformers_and_sentence_transformers(
-        tiny, tiny_bert_dir, tmp_path, rng, pooling, normalize):
+    tiny, tiny_bert_dir, tmp_path, rng, pooling, normalize
+):
     from sentence_transformers import SentenceTransformer
 
     # perturb the weights so the export must write our params, not copy the source files
-    params = jax.tree.map(lambda a: a + 0.02 * rng.standard_normal(a.shape).astype(np.float32), tiny.params)
+    params = jax.tree.map(
+        lambda a: a + 0.02 * rng.standard_normal(a.shape).astype(np.float32), tiny.params
+    )
     enc = tiny.replace(params=params, pooling=pooling, normalize=normalize, max_length=64)
     enc.save_pretrained(tmp_path)
     texts = random_texts(rng, 6)
@@ -160,20 +182,24 @@ def test_export_reloads_in_jaxembed_transformers_and_sentence_transformers(
     b = enc.tokenize(texts)
     hf = transformers.AutoModel.from_pretrained(str(tmp_path)).eval()
     with torch.no_grad():
-        h = hf(**{k: torch.tensor(v, dtype=torch.long) for k, v in b.items()}).last_hidden_state.numpy()
+        h = hf(
+            **{k: torch.tensor(v, dtype=torch.long) for k, v in b.items()}
+        ).last_hidden_state.numpy()
     out = enc.apply(params, b["input_ids"], b["attention_mask"], b["token_type_ids"])
     np.testing.assert_allclose(out.last_hidden_state, h, atol=1e-5, rtol=0)
 
     st = SentenceTransformer(str(tmp_path), device="cpu")
     assert st.max_seq_length == 64
     np.testing.assert_allclose(st.encode(texts, batch_size=4), ours, atol=1e-5, rtol=0)
-    modules = [m["type"].rsplit(".", 1)[-1] for m in json.loads((tmp_path / "modules.json").read_text())]
+    modules = [
+        m["type"].rsplit(".", 1)[-1] for m in json.loads((tmp_path / "modules.json").read_text())
+    ]
     assert modules[:2] == ["Transformer", "Pooling"] and ("Normalize" in modules) == normalize
     assert ("Dense" in modules) == (pooling == "cls")
 
 
 def test_minilm_matches_sentence_transformers(minilm_path, shared_data):
-    """all-MiniLM-L6-v2 with no extra arguments == SentenceTransformer.encode on 250 STS-B dev sentences."""
+    """all-MiniLM-L6-v2, no extra arguments, == SentenceTransformer.encode on 250 STS-B sentences."""
     from sentence_transformers import SentenceTransformer
 
     sents = []

@@ -31,9 +31,16 @@ def make_hf(kind, folder, rng, *, pooler=True, layers=4, model_cls=None, **save_
     """A random tiny HF model of ``kind`` saved to ``folder``; returns the torch model."""
     config_cls, default_cls, type_vocab, positions = KINDS[kind]
     torch.manual_seed(int(rng.integers(2**31)))
-    cfg = config_cls(vocab_size=97, hidden_size=32, num_hidden_layers=layers, num_attention_heads=4,
-                     intermediate_size=48, max_position_embeddings=positions, type_vocab_size=type_vocab,
-                     hidden_act="gelu")
+    cfg = config_cls(
+        vocab_size=97,
+        hidden_size=32,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        intermediate_size=48,
+        max_position_embeddings=positions,
+        type_vocab_size=type_vocab,
+        hidden_act="gelu",
+    )
     if model_cls is None:
         model = default_cls(cfg, add_pooling_layer=pooler).eval()
     else:
@@ -87,10 +94,16 @@ def test_parity_with_transformers(kind, pooler, tmp_path, rng):
     assert enc.config.model_type == kind and enc.config.add_pooling_layer == pooler
     ids, mask, types = padded_batch(rng, pad=enc.config.pad_token_id, type_vocab=KINDS[kind][2])
     with torch.no_grad():
-        ref = model(torch.tensor(ids), attention_mask=torch.tensor(mask),
-                    token_type_ids=torch.tensor(types), output_hidden_states=True)
+        ref = model(
+            torch.tensor(ids),
+            attention_mask=torch.tensor(mask),
+            token_type_ids=torch.tensor(types),
+            output_hidden_states=True,
+        )
     out = enc.apply(enc.params, ids, mask, types, output_hidden_states=True)
-    np.testing.assert_allclose(out.last_hidden_state, ref.last_hidden_state.numpy(), atol=TOL, rtol=0)
+    np.testing.assert_allclose(
+        out.last_hidden_state, ref.last_hidden_state.numpy(), atol=TOL, rtol=0
+    )
     assert len(out.hidden_states) == len(ref.hidden_states) == 5
     for ours, theirs in zip(out.hidden_states, ref.hidden_states):
         np.testing.assert_allclose(ours, theirs.numpy(), atol=TOL, rtol=0)
@@ -106,7 +119,11 @@ def test_parity_with_transformers(kind, pooler, tmp_path, rng):
         e = enc.replace(pooling=method)
         np.testing.assert_allclose(
             e.embed(e.params, {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}),
-            want, atol=TOL, rtol=0, err_msg=method)
+            want,
+            atol=TOL,
+            rtol=0,
+            err_msg=method,
+        )
 
 
 def test_roberta_positions_count_non_pad_tokens(tmp_path, rng):
@@ -145,7 +162,9 @@ def _rewrite(folder, edit):
 def test_missing_weight_is_named(tmp_path, rng):
     make_hf("bert", tmp_path, rng)
     _rewrite(tmp_path, lambda s: s.pop("encoder.layer.1.output.dense.bias"))
-    with pytest.raises(ValueError, match=r"missing keys \['encoder\.layer\.1\.output\.dense\.bias'\]"):
+    with pytest.raises(
+        ValueError, match=r"missing keys \['encoder\.layer\.1\.output\.dense\.bias'\]"
+    ):
         Encoder.from_pretrained(tmp_path)
 
 
@@ -153,11 +172,16 @@ def test_misshaped_weight_is_named(tmp_path, rng):
     make_hf("bert", tmp_path, rng)
 
     def edit(s):
-        s["encoder.layer.0.attention.self.key.weight"] = rng.standard_normal((32, 31)).astype(np.float32)
+        s["encoder.layer.0.attention.self.key.weight"] = rng.standard_normal((32, 31)).astype(
+            np.float32
+        )
 
     _rewrite(tmp_path, edit)
-    with pytest.raises(ValueError, match=r"encoder\.layer\.0\.attention\.self\.key\.weight: "
-                                         r"expected \(32, 32\), found \(32, 31\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"encoder\.layer\.0\.attention\.self\.key\.weight: "
+        r"expected \(32, 32\), found \(32, 31\)",
+    ):
         Encoder.from_pretrained(tmp_path)
 
 
@@ -168,7 +192,9 @@ def test_unexpected_weight_is_named(tmp_path, rng):
         s["encoder.layer.0.adapter.weight"] = rng.standard_normal((4, 4)).astype(np.float32)
 
     _rewrite(tmp_path, edit)
-    with pytest.raises(ValueError, match=r"unexpected keys \['encoder\.layer\.0\.adapter\.weight'\]"):
+    with pytest.raises(
+        ValueError, match=r"unexpected keys \['encoder\.layer\.0\.adapter\.weight'\]"
+    ):
         Encoder.from_pretrained(tmp_path)
 
 
@@ -189,8 +215,12 @@ def test_mlm_checkpoint_prefix_and_heads_ignored(tmp_path, rng):
     enc = Encoder.from_pretrained(tmp_path)
     ids, mask, _ = padded_batch(rng, pad=0)
     with torch.no_grad():
-        ref = model.bert(torch.tensor(ids), attention_mask=torch.tensor(mask)).last_hidden_state.numpy()
-    np.testing.assert_allclose(enc.apply(enc.params, ids, mask).last_hidden_state, ref, atol=TOL, rtol=0)
+        ref = model.bert(
+            torch.tensor(ids), attention_mask=torch.tensor(mask)
+        ).last_hidden_state.numpy()
+    np.testing.assert_allclose(
+        enc.apply(enc.params, ids, mask).last_hidden_state, ref, atol=TOL, rtol=0
+    )
 
 
 def test_pytorch_bin_and_sharded_safetensors(tmp_path, rng):
@@ -207,8 +237,9 @@ def test_pytorch_bin_and_sharded_safetensors(tmp_path, rng):
     assert (tmp_path / "sharded" / "model.safetensors.index.json").is_file()
     for sub in ("bin", "sharded"):
         enc = Encoder.from_pretrained(tmp_path / sub)
-        np.testing.assert_allclose(enc.apply(enc.params, ids, mask).last_hidden_state, ref,
-                                   atol=TOL, rtol=0, err_msg=sub)
+        np.testing.assert_allclose(
+            enc.apply(enc.params, ids, mask).last_hidden_state, ref, atol=TOL, rtol=0, err_msg=sub
+        )
 
 
 def test_dropout_rng_semantics(tmp_path, rng):
@@ -274,14 +305,22 @@ def test_logical_axes_on_every_param(tmp_path, rng):
     axes = enc.param_axes()
     specs = jax.tree.leaves(axes, is_leaf=lambda x: isinstance(x, jax.sharding.PartitionSpec))
     assert jax.tree.structure(enc.params) == jax.tree.structure(
-        axes, is_leaf=lambda x: isinstance(x, jax.sharding.PartitionSpec))
+        axes, is_leaf=lambda x: isinstance(x, jax.sharding.PartitionSpec)
+    )
     allowed = {"batch", "seq", "embed", "heads", "kv", "mlp", "vocab", None}
     for spec, leaf in zip(specs, jax.tree.leaves(enc.params)):
         assert len(spec) == leaf.ndim and set(spec) <= allowed and set(spec) != {None}
     # the rules table maps them onto a mesh, and sharded compute equals unsharded
     mesh = jax.make_mesh((2, 4), ("data", "fsdp"), axis_types=(jax.sharding.AxisType.Auto,) * 2)
-    rules = (("batch", "data"), ("embed", "fsdp"), ("vocab", None), ("mlp", None),
-             ("heads", None), ("kv", None), ("seq", None))
+    rules = (
+        ("batch", "data"),
+        ("embed", "fsdp"),
+        ("vocab", None),
+        ("mlp", None),
+        ("heads", None),
+        ("kv", None),
+        ("seq", None),
+    )
     shardings = nn.logical_to_mesh_sharding(axes, mesh, rules)
     params = jax.device_put(enc.params, shardings)
     ids, mask, _ = padded_batch(rng, pad=0)
@@ -328,4 +367,6 @@ def test_legacy_layernorm_names_and_config_defaults(tmp_path, rng):
     ids, mask, _ = padded_batch(rng, pad=1)
     with torch.no_grad():
         ref = model(torch.tensor(ids), attention_mask=torch.tensor(mask)).last_hidden_state.numpy()
-    np.testing.assert_allclose(enc.apply(enc.params, ids, mask).last_hidden_state, ref, atol=TOL, rtol=0)
+    np.testing.assert_allclose(
+        enc.apply(enc.params, ids, mask).last_hidden_state, ref, atol=TOL, rtol=0
+    )

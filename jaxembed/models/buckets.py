@@ -67,7 +67,12 @@ def plan_batches(lengths, *, batch_size: int, max_length: int) -> list[tuple[np.
     table = length_buckets(max_length)
     plan = []
     for i in range(0, len(order), batch_size):
-        idx = order[i: i + batch_size]
-        plan.append((idx, row_bucket(len(idx), batch_size=batch_size),
-                     bucket_for(int(lengths[idx].max()), table)))
+        idx = order[i : i + batch_size]
+        plan.append(
+            (
+                idx,
+                row_bucket(len(idx), batch_size=batch_size),
+                bucket_for(int(lengths[idx].max()), table),
+            )
+        )
     return plan

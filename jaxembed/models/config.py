@@ -61,14 +61,17 @@ class EncoderConfig:
     def __post_init__(self):
         if self.model_type not in SUPPORTED_MODEL_TYPES:
             raise ValueError(
-                f"unsupported model_type {self.model_type!r}; supported: {SUPPORTED_MODEL_TYPES}")
+                f"unsupported model_type {self.model_type!r}; supported: {SUPPORTED_MODEL_TYPES}"
+            )
         if self.hidden_size % self.num_attention_heads:
             raise ValueError(
                 f"hidden_size {self.hidden_size} is not divisible by "
-                f"num_attention_heads {self.num_attention_heads}")
+                f"num_attention_heads {self.num_attention_heads}"
+            )
         if self.hidden_act not in SUPPORTED_ACTIVATIONS:
             raise ValueError(
-                f"unsupported hidden_act {self.hidden_act!r}; supported: {SUPPORTED_ACTIVATIONS}")
+                f"unsupported hidden_act {self.hidden_act!r}; supported: {SUPPORTED_ACTIVATIONS}"
+            )
 
     @property
     def head_dim(self) -> int:
@@ -91,14 +94,17 @@ class EncoderConfig:
         if model_type not in SUPPORTED_MODEL_TYPES:
             raise ValueError(
                 f"unsupported model_type {model_type!r} in config.json; supported: "
-                f"{SUPPORTED_MODEL_TYPES}")
+                f"{SUPPORTED_MODEL_TYPES}"
+            )
         pet = d.get("position_embedding_type", "absolute")
         if pet not in (None, "absolute"):
             raise ValueError(f"unsupported position_embedding_type {pet!r} (only 'absolute')")
         if d.get("is_decoder") or d.get("add_cross_attention"):
             raise ValueError("decoder / cross-attention configs are not supported")
         fields = {f.name for f in dataclasses.fields(cls)}
-        kwargs = dict(_TYPE_DEFAULTS.get(model_type, {}))  # HF class defaults where the file is silent
+        kwargs = dict(
+            _TYPE_DEFAULTS.get(model_type, {})
+        )  # HF class defaults where the file is silent
         kwargs.update({k: v for k, v in d.items() if k in fields and v is not None})
         kwargs.update(overrides)
         return cls(**kwargs)
@@ -112,7 +118,8 @@ class EncoderConfig:
         """The HF ``config.json`` fields this config determines."""
         d = dataclasses.asdict(self)
         d.pop("add_pooling_layer")
-        arch = {"bert": "BertModel", "roberta": "RobertaModel",
-                "xlm-roberta": "XLMRobertaModel"}[self.model_type]
+        arch = {"bert": "BertModel", "roberta": "RobertaModel", "xlm-roberta": "XLMRobertaModel"}[
+            self.model_type
+        ]
         d.update(architectures=[arch], position_embedding_type="absolute")
         return d

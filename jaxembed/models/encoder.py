@@ -48,11 +48,22 @@ from jaxembed.models.hub import resolve
 from jaxembed.models.pooling import POOLING_METHODS, l2_normalize, pool
 from jaxembed.models.st_format import read_st_settings, write_st_files
 from jaxembed.models.transformer import EncoderOutput, TransformerEncoder
-from jaxembed.models.weights import (flax_to_hf, hf_to_flax, read_state_dict, split_base_model,
-                                     write_safetensors)
+from jaxembed.models.weights import (
+    flax_to_hf,
+    hf_to_flax,
+    read_state_dict,
+    split_base_model,
+    write_safetensors,
+)
 
-_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "vocab.json",
-                    "sentencepiece.bpe.model", "spiece.model")
+_TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "vocab.txt",
+    "vocab.json",
+    "sentencepiece.bpe.model",
+    "spiece.model",
+)
 
 
 def _load_tokenizer(folder: pathlib.Path):
@@ -93,10 +104,19 @@ class Encoder:
     (``4 * hidden_size`` for ``last4_mean``).
     """
 
-    def __init__(self, *, module: TransformerEncoder, params: Any, tokenizer=None,
-                 pooling: str = "mean", normalize: bool = False, max_length: Optional[int] = None,
-                 do_lower_case: bool = False, strip_text: bool = False,
-                 hf_config: Optional[dict] = None):
+    def __init__(
+        self,
+        *,
+        module: TransformerEncoder,
+        params: Any,
+        tokenizer=None,
+        pooling: str = "mean",
+        normalize: bool = False,
+        max_length: Optional[int] = None,
+        do_lower_case: bool = False,
+        strip_text: bool = False,
+        hf_config: Optional[dict] = None,
+    ):
         _check_pooling(pooling, module.config)
         self.module = module
         self.params = params
@@ -117,10 +137,18 @@ class Encoder:
 
     # ------------------------------------------------------------------ construction
     @classmethod
-    def from_pretrained(cls, path_or_id, *, pooling: Optional[str] = None,
-                        normalize: Optional[bool] = None, max_length: Optional[int] = None,
-                        dtype=jnp.float32, param_dtype=jnp.float32, remat: bool = False,
-                        config_overrides: Optional[dict] = None) -> "Encoder":
+    def from_pretrained(
+        cls,
+        path_or_id,
+        *,
+        pooling: Optional[str] = None,
+        normalize: Optional[bool] = None,
+        max_length: Optional[int] = None,
+        dtype=jnp.float32,
+        param_dtype=jnp.float32,
+        remat: bool = False,
+        config_overrides: Optional[dict] = None,
+    ) -> "Encoder":
         """Load a local folder or hub id (HF ``config.json`` + safetensors + tokenizer).
 
         Explicit arguments win over a sentence-transformers folder's settings, which
@@ -135,26 +163,48 @@ class Encoder:
         if st is not None and st.pooler is not None:
             base["pooler.dense.weight"], base["pooler.dense.bias"] = st.pooler
         config = EncoderConfig.from_hf_dict(
-            hf_config, add_pooling_layer="pooler.dense.weight" in base, **(config_overrides or {}))
+            hf_config, add_pooling_layer="pooler.dense.weight" in base, **(config_overrides or {})
+        )
         params = jax.tree.map(jnp.asarray, hf_to_flax(base, config, dtype=param_dtype))
         module = TransformerEncoder(config, dtype=dtype, param_dtype=param_dtype, remat=remat)
-        return cls(module=module, params=params, tokenizer=_load_tokenizer(folder),
-                   pooling=pooling or (st.pooling if st else "mean"),
-                   normalize=normalize if normalize is not None else (st.normalize if st else False),
-                   max_length=max_length or (st.max_length if st else None),
-                   do_lower_case=st.do_lower_case if st else False, strip_text=st is not None,
-                   hf_config=hf_config)
+        return cls(
+            module=module,
+            params=params,
+            tokenizer=_load_tokenizer(folder),
+            pooling=pooling or (st.pooling if st else "mean"),
+            normalize=normalize if normalize is not None else (st.normalize if st else False),
+            max_length=max_length or (st.max_length if st else None),
+            do_lower_case=st.do_lower_case if st else False,
+            strip_text=st is not None,
+            hf_config=hf_config,
+        )
 
     @classmethod
-    def from_config(cls, config: EncoderConfig, *, key: jax.Array, tokenizer=None,
-                    pooling: str = "mean", normalize: bool = False, max_length: Optional[int] = None,
-                    dtype=jnp.float32, param_dtype=jnp.float32, remat: bool = False) -> "Encoder":
+    def from_config(
+        cls,
+        config: EncoderConfig,
+        *,
+        key: jax.Array,
+        tokenizer=None,
+        pooling: str = "mean",
+        normalize: bool = False,
+        max_length: Optional[int] = None,
+        dtype=jnp.float32,
+        param_dtype=jnp.float32,
+        remat: bool = False,
+    ) -> "Encoder":
         """A randomly initialised encoder (normal(0.02) weights, as HF)."""
         module = TransformerEncoder(config, dtype=dtype, param_dtype=param_dtype, remat=remat)
         ids = jnp.ones((1, 8), jnp.int32)
         params = nn.meta.unbox(module.init(key, ids, ids)["params"])
-        return cls(module=module, params=params, tokenizer=tokenizer, pooling=pooling,
-                   normalize=normalize, max_length=max_length)
+        return cls(
+            module=module,
+            params=params,
+            tokenizer=tokenizer,
+            pooling=pooling,
+            normalize=normalize,
+            max_length=max_length,
+        )
 
     def replace(self, **changes) -> "Encoder":
         """A copy with some of ``params``, ``pooling``, ``normalize``, ``max_length``,
@@ -192,24 +242,52 @@ class Encoder:
         return nn.get_partition_spec(abstract)["params"]
 
     # ------------------------------------------------------------------ pure compute
-    def apply(self, params, input_ids, attention_mask, token_type_ids=None, *,
-              deterministic: bool = True, dropout_rng: Optional[jax.Array] = None,
-              output_hidden_states: bool = False) -> EncoderOutput:
+    def apply(
+        self,
+        params,
+        input_ids,
+        attention_mask,
+        token_type_ids=None,
+        *,
+        deterministic: bool = True,
+        dropout_rng: Optional[jax.Array] = None,
+        output_hidden_states: bool = False,
+    ) -> EncoderOutput:
         """Run the transformer: ``[B, L]`` ids -> ``EncoderOutput`` (see ``transformer.py``).
 
         ``deterministic=False`` turns dropout on and needs ``dropout_rng``.
         """
-        return _apply(self.module, params, input_ids, attention_mask, token_type_ids,
-                      deterministic=deterministic, dropout_rng=dropout_rng,
-                      output_hidden_states=output_hidden_states)
+        return _apply(
+            self.module,
+            params,
+            input_ids,
+            attention_mask,
+            token_type_ids,
+            deterministic=deterministic,
+            dropout_rng=dropout_rng,
+            output_hidden_states=output_hidden_states,
+        )
 
-    def embed(self, params, batch: dict, *, deterministic: bool = True,
-              dropout_rng: Optional[jax.Array] = None) -> jax.Array:
+    def embed(
+        self,
+        params,
+        batch: dict,
+        *,
+        deterministic: bool = True,
+        dropout_rng: Optional[jax.Array] = None,
+    ) -> jax.Array:
         """``batch`` (``input_ids``, ``attention_mask``, optional ``token_type_ids``, each
         [B, L]) -> [B, dim] float32: pooled with ``self.pooling``, L2-normalised if
         ``self.normalize``. Pure; ``jax.jit(enc.embed)`` works."""
-        return _embed(self.module, self.pooling, self.normalize, params, batch,
-                      deterministic=deterministic, dropout_rng=dropout_rng)
+        return _embed(
+            self.module,
+            self.pooling,
+            self.normalize,
+            params,
+            batch,
+            deterministic=deterministic,
+            dropout_rng=dropout_rng,
+        )
 
     # ------------------------------------------------------------------ tokenisation
     def _preprocess(self, text: str) -> str:
@@ -220,17 +298,32 @@ class Encoder:
     def _token_ids(self, texts: Sequence[str], *, max_length: int):
         """Tokenise without padding -> ``(ids, token_types or None, n_truncated)``."""
         if self.tokenizer is None:
-            raise ValueError("this encoder has no tokenizer (the folder had none); "
-                             "feed input_ids to apply/embed directly")
+            raise ValueError(
+                "this encoder has no tokenizer (the folder had none); "
+                "feed input_ids to apply/embed directly"
+            )
         texts = [self._preprocess(t) for t in texts]
-        tok = self.tokenizer(texts, truncation=True, max_length=max_length, padding=False,
-                             return_attention_mask=False, return_token_type_ids=True, verbose=False)
+        tok = self.tokenizer(
+            texts,
+            truncation=True,
+            max_length=max_length,
+            padding=False,
+            return_attention_mask=False,
+            return_token_type_ids=True,
+            verbose=False,
+        )
         ids, types = tok["input_ids"], tok.get("token_type_ids")
         at_limit = [texts[i] for i, x in enumerate(ids) if len(x) >= max_length]
         n_truncated = 0
         if at_limit:  # a sequence of exactly max_length tokens may or may not have been cut
-            full = self.tokenizer(at_limit, truncation=False, padding=False, return_attention_mask=False,
-                                  return_token_type_ids=False, verbose=False)["input_ids"]
+            full = self.tokenizer(
+                at_limit,
+                truncation=False,
+                padding=False,
+                return_attention_mask=False,
+                return_token_type_ids=False,
+                verbose=False,
+            )["input_ids"]
             n_truncated = sum(len(x) > max_length for x in full)
         return ids, types, n_truncated
 
@@ -246,8 +339,13 @@ class Encoder:
                 token_type[i, : len(x)] = types[i]
         return {"input_ids": input_ids, "attention_mask": mask, "token_type_ids": token_type}
 
-    def tokenize(self, texts: Sequence[str], *, max_length: Optional[int] = None,
-                 pad_to: Optional[int] = None) -> dict:
+    def tokenize(
+        self,
+        texts: Sequence[str],
+        *,
+        max_length: Optional[int] = None,
+        pad_to: Optional[int] = None,
+    ) -> dict:
         """``texts`` -> dict of int32 numpy ``input_ids``, ``attention_mask``,
         ``token_type_ids`` [N, L]; ``L`` is the smallest of ``buckets.length_buckets(max_length)``
         that fits the longest text, or exactly ``pad_to``. Over-long texts are truncated
@@ -257,10 +355,15 @@ class Encoder:
         ids, types, n_truncated = self._token_ids(texts, max_length=max_length)
         _warn_truncated(n_truncated, max_length)
         longest = max((len(x) for x in ids), default=1)
-        length = pad_to if pad_to is not None else buckets.bucket_for(
-            longest, buckets.length_buckets(max_length))
+        length = (
+            pad_to
+            if pad_to is not None
+            else buckets.bucket_for(longest, buckets.length_buckets(max_length))
+        )
         if longest > length:
-            raise ValueError(f"pad_to={length} is shorter than the longest sequence ({longest} tokens)")
+            raise ValueError(
+                f"pad_to={length} is shorter than the longest sequence ({longest} tokens)"
+            )
         return self._pad(ids, types, rows=len(texts), length=length)
 
     # ------------------------------------------------------------------ inference
@@ -270,8 +373,15 @@ class Encoder:
         i.e. compiled; shared by encoders that differ only in params."""
         return _encode_step(self.module, self.pooling, self.normalize).traces
 
-    def encode(self, texts: Sequence[str], *, batch_size: int = 64, max_length: Optional[int] = None,
-               progress: bool = False, chunk_batches: int = 32) -> np.ndarray:
+    def encode(
+        self,
+        texts: Sequence[str],
+        *,
+        batch_size: int = 64,
+        max_length: Optional[int] = None,
+        progress: bool = False,
+        chunk_batches: int = 32,
+    ) -> np.ndarray:
         """``texts`` (N strings) -> [N, dim] float32 numpy, in input order.
 
         Pipeline: texts are taken in chunks of ``chunk_batches * batch_size``; a worker
@@ -307,14 +417,25 @@ class Encoder:
                 n_truncated += t
                 if c + 1 < len(starts):
                     nxt = starts[c + 1]
-                    future = worker.submit(self._token_ids, texts[nxt: nxt + span], max_length=max_length)
-                plan = buckets.plan_batches([len(x) for x in ids], batch_size=batch_size,
-                                            max_length=max_length)
+                    future = worker.submit(
+                        self._token_ids, texts[nxt : nxt + span], max_length=max_length
+                    )
+                plan = buckets.plan_batches(
+                    [len(x) for x in ids], batch_size=batch_size, max_length=max_length
+                )
                 for idx, rows, length in plan:
-                    batch = self._pad([ids[j] for j in idx], None if types is None else [types[j] for j in idx],
-                                      rows=rows, length=length)
-                    result = step(self.params, batch["input_ids"], batch["attention_mask"],
-                                  batch["token_type_ids"])  # dispatched asynchronously
+                    batch = self._pad(
+                        [ids[j] for j in idx],
+                        None if types is None else [types[j] for j in idx],
+                        rows=rows,
+                        length=length,
+                    )
+                    result = step(
+                        self.params,
+                        batch["input_ids"],
+                        batch["attention_mask"],
+                        batch["token_type_ids"],
+                    )  # dispatched asynchronously
                     if pending is not None:
                         _collect(out, *pending, bar)
                     pending = (result, start + idx)
@@ -324,8 +445,14 @@ class Encoder:
         _warn_truncated(n_truncated, max_length)
         return out
 
-    def precompile(self, texts: Optional[Sequence[str]] = None, *, batch_size: int = 64,
-                   max_length: Optional[int] = None, chunk_batches: int = 32) -> int:
+    def precompile(
+        self,
+        texts: Optional[Sequence[str]] = None,
+        *,
+        batch_size: int = 64,
+        max_length: Optional[int] = None,
+        chunk_batches: int = 32,
+    ) -> int:
         """Compile the encode step for every batch shape ``encode(texts, batch_size=...)``
         will use (for ``texts=None``: every length bucket at full ``batch_size`` rows), so
         later calls run without compiling. Returns the number of shapes."""
@@ -337,9 +464,13 @@ class Encoder:
             texts = _check_texts(texts)
             span, shapes = batch_size * max(1, chunk_batches), set()
             for start in range(0, len(texts), span):
-                ids, _, _ = self._token_ids(texts[start: start + span], max_length=max_length)
-                shapes |= {(rows, length) for _, rows, length in buckets.plan_batches(
-                    [len(x) for x in ids], batch_size=batch_size, max_length=max_length)}
+                ids, _, _ = self._token_ids(texts[start : start + span], max_length=max_length)
+                shapes |= {
+                    (rows, length)
+                    for _, rows, length in buckets.plan_batches(
+                        [len(x) for x in ids], batch_size=batch_size, max_length=max_length
+                    )
+                }
         step = _encode_step(self.module, self.pooling, self.normalize)
         for rows, length in sorted(shapes):
             ids = np.full((rows, length), self.pad_token_id, np.int32)
@@ -366,40 +497,73 @@ class Encoder:
         if self.tokenizer is not None:
             self.tokenizer.save_pretrained(str(directory))
         if self.pooling == "last4_mean":
-            warnings.warn("last4_mean pooling has no sentence-transformers equivalent; "
-                          "wrote the Hugging Face files only", stacklevel=2)
+            warnings.warn(
+                "last4_mean pooling has no sentence-transformers equivalent; "
+                "wrote the Hugging Face files only",
+                stacklevel=2,
+            )
             return directory
         has_pooler = self.pooling == "cls" and self.config.add_pooling_layer
-        write_st_files(directory, pooling=self.pooling, normalize=self.normalize,
-                       max_length=self.max_length, hidden_size=self.hidden_size,
-                       pooler=(state["pooler.dense.weight"], state["pooler.dense.bias"]) if has_pooler else None,
-                       do_lower_case=self.do_lower_case)
+        write_st_files(
+            directory,
+            pooling=self.pooling,
+            normalize=self.normalize,
+            max_length=self.max_length,
+            hidden_size=self.hidden_size,
+            pooler=(
+                (state["pooler.dense.weight"], state["pooler.dense.bias"]) if has_pooler else None
+            ),
+            do_lower_case=self.do_lower_case,
+        )
         return directory
 
     def __repr__(self) -> str:
         c = self.config
-        return (f"Encoder({c.model_type}, layers={c.num_hidden_layers}, hidden={c.hidden_size}, "
-                f"pooling={self.pooling!r}, normalize={self.normalize}, max_length={self.max_length}, "
-                f"dtype={jnp.dtype(self.module.dtype).name})")
+        return (
+            f"Encoder({c.model_type}, layers={c.num_hidden_layers}, hidden={c.hidden_size}, "
+            f"pooling={self.pooling!r}, normalize={self.normalize}, max_length={self.max_length}, "
+            f"dtype={jnp.dtype(self.module.dtype).name})"
+        )
 
 
-def _apply(module, params, input_ids, attention_mask, token_type_ids=None, *, deterministic=True,
-           dropout_rng=None, output_hidden_states=False) -> EncoderOutput:
+def _apply(
+    module,
+    params,
+    input_ids,
+    attention_mask,
+    token_type_ids=None,
+    *,
+    deterministic=True,
+    dropout_rng=None,
+    output_hidden_states=False,
+) -> EncoderOutput:
     rngs = None
     if not deterministic:
         if dropout_rng is None:
             raise ValueError("deterministic=False needs a dropout_rng")
         rngs = {"dropout": dropout_rng}
-    return module.apply({"params": params}, jnp.asarray(input_ids), jnp.asarray(attention_mask),
-                        None if token_type_ids is None else jnp.asarray(token_type_ids),
-                        deterministic=deterministic, output_hidden_states=output_hidden_states,
-                        rngs=rngs)
+    return module.apply(
+        {"params": params},
+        jnp.asarray(input_ids),
+        jnp.asarray(attention_mask),
+        None if token_type_ids is None else jnp.asarray(token_type_ids),
+        deterministic=deterministic,
+        output_hidden_states=output_hidden_states,
+        rngs=rngs,
+    )
 
 
 def _embed(module, pooling, normalize, params, batch, *, deterministic=True, dropout_rng=None):
-    out = _apply(module, params, batch["input_ids"], batch["attention_mask"], batch.get("token_type_ids"),
-                 deterministic=deterministic, dropout_rng=dropout_rng,
-                 output_hidden_states=pooling == "last4_mean")
+    out = _apply(
+        module,
+        params,
+        batch["input_ids"],
+        batch["attention_mask"],
+        batch.get("token_type_ids"),
+        deterministic=deterministic,
+        dropout_rng=dropout_rng,
+        output_hidden_states=pooling == "last4_mean",
+    )
     z = pool(out, jnp.asarray(batch["attention_mask"]), pooling)
     return l2_normalize(z) if normalize else z
 
@@ -421,8 +585,17 @@ class _EncodeStep:
         self.traces = 0
 
         def embed_rows(params, input_ids, attention_mask, token_type_ids):
-            return _embed(module, pooling, normalize, params, {
-                "input_ids": input_ids, "attention_mask": attention_mask, "token_type_ids": token_type_ids})
+            return _embed(
+                module,
+                pooling,
+                normalize,
+                params,
+                {
+                    "input_ids": input_ids,
+                    "attention_mask": attention_mask,
+                    "token_type_ids": token_type_ids,
+                },
+            )
 
         def step(params, input_ids, attention_mask, token_type_ids):
             self.traces += 1
@@ -433,8 +606,10 @@ class _EncodeStep:
             if micro >= rows or rows % micro:
                 return embed_rows(params, input_ids, attention_mask, token_type_ids)
             split = lambda a: a.reshape(rows // micro, micro, length)
-            out = jax.lax.map(lambda b: embed_rows(params, *b),
-                              (split(input_ids), split(attention_mask), split(token_type_ids)))
+            out = jax.lax.map(
+                lambda b: embed_rows(params, *b),
+                (split(input_ids), split(attention_mask), split(token_type_ids)),
+            )
             return out.reshape(rows, out.shape[-1])
 
         self.fn = jax.jit(step)
@@ -458,5 +633,8 @@ def _collect(out: np.ndarray, result, idx: np.ndarray, bar) -> None:
 
 def _warn_truncated(n: int, max_length: int) -> None:
     if n:
-        warnings.warn(f"{n} text(s) longer than max_length={max_length} tokens were truncated",
-                      UserWarning, stacklevel=3)
+        warnings.warn(
+            f"{n} text(s) longer than max_length={max_length} tokens were truncated",
+            UserWarning,
+            stacklevel=3,
+        )

@@ -34,10 +34,14 @@ class ProjectionHead(nn.Module):
 
     @nn.compact
     def __call__(self, x):
-        y = nn.Dense(self.features, dtype=self.dtype, param_dtype=self.param_dtype,
-                     kernel_init=nn.with_logical_partitioning(_init, ("embed", None)),
-                     bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), (None,)),
-                     name="dense")(x)
+        y = nn.Dense(
+            self.features,
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+            kernel_init=nn.with_logical_partitioning(_init, ("embed", None)),
+            bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), (None,)),
+            name="dense",
+        )(x)
         return jnp.tanh(y)
 
 
@@ -56,10 +60,18 @@ class PairScoreHead(nn.Module):
         if u.shape != v.shape or u.ndim != 2:
             raise ValueError(f"u and v must both be [B, D], got {u.shape} and {v.shape}")
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
-        h = nn.Dense(self.hidden, kernel_init=nn.with_logical_partitioning(_init, ("embed", "mlp")),
-                     bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), ("mlp",)),
-                     **kw, name="hidden")(pair_features(u, v))
+        h = nn.Dense(
+            self.hidden,
+            kernel_init=nn.with_logical_partitioning(_init, ("embed", "mlp")),
+            bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), ("mlp",)),
+            **kw,
+            name="hidden",
+        )(pair_features(u, v))
         h = nn.relu(h)
-        return nn.Dense(self.out, kernel_init=nn.with_logical_partitioning(_init, ("mlp", None)),
-                        bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), (None,)),
-                        **kw, name="out")(h).astype(jnp.float32)
+        return nn.Dense(
+            self.out,
+            kernel_init=nn.with_logical_partitioning(_init, ("mlp", None)),
+            bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), (None,)),
+            **kw,
+            name="out",
+        )(h).astype(jnp.float32)

@@ -28,5 +28,6 @@ def resolve(path_or_id: str | pathlib.Path, *, revision: str | None = None) -> p
         raise FileNotFoundError(f"model folder {path_or_id} does not exist")
     from huggingface_hub import snapshot_download
 
-    return pathlib.Path(snapshot_download(str(path_or_id), revision=revision,
-                                          allow_patterns=ALLOW_PATTERNS))
+    return pathlib.Path(
+        snapshot_download(str(path_or_id), revision=revision, allow_patterns=ALLOW_PATTERNS)
+    )

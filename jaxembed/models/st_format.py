@@ -26,11 +26,16 @@ from typing import Optional
 
 import numpy as np
 
-_POOLING_FLAGS = {"pooling_mode_cls_token": "cls_before_pooler",
-                  "pooling_mode_mean_tokens": "mean",
-                  "pooling_mode_max_tokens": "max"}
-_UNSUPPORTED_FLAGS = ("pooling_mode_mean_sqrt_len_tokens", "pooling_mode_weightedmean_tokens",
-                      "pooling_mode_lasttoken")
+_POOLING_FLAGS = {
+    "pooling_mode_cls_token": "cls_before_pooler",
+    "pooling_mode_mean_tokens": "mean",
+    "pooling_mode_max_tokens": "max",
+}
+_UNSUPPORTED_FLAGS = (
+    "pooling_mode_mean_sqrt_len_tokens",
+    "pooling_mode_weightedmean_tokens",
+    "pooling_mode_lasttoken",
+)
 
 
 @dataclasses.dataclass
@@ -60,9 +65,15 @@ def read_st_settings(folder: str | pathlib.Path) -> Optional[STSettings]:
     with open(folder / "modules.json") as f:
         modules = sorted(json.load(f), key=lambda m: m.get("idx", 0))
     kinds = [_kind(m["type"]) for m in modules]
-    if not kinds or kinds[0] != "Transformer" or (folder / modules[0].get("path", "")).resolve() != folder.resolve():
-        raise ValueError(f"{folder}/modules.json must start with a Transformer module stored at the "
-                         f"folder root, got {kinds}")
+    if (
+        not kinds
+        or kinds[0] != "Transformer"
+        or (folder / modules[0].get("path", "")).resolve() != folder.resolve()
+    ):
+        raise ValueError(
+            f"{folder}/modules.json must start with a Transformer module stored at the "
+            f"folder root, got {kinds}"
+        )
     pooling, normalize, pooler = None, False, None
     for m, kind in zip(modules[1:], kinds[1:]):
         sub = folder / m["path"]
@@ -74,14 +85,18 @@ def read_st_settings(folder: str | pathlib.Path) -> Optional[STSettings]:
             if bad or len(chosen) != 1:
                 raise ValueError(f"unsupported sentence-transformers pooling in {sub}: {cfg}")
             pooling = chosen[0]
-        elif kind == "Dense" and pooling == "cls_before_pooler" and pooler is None and not normalize:
+        elif (
+            kind == "Dense" and pooling == "cls_before_pooler" and pooler is None and not normalize
+        ):
             pooler = _read_dense_tanh(sub)
             pooling = "cls"
         elif kind == "Normalize" and pooling is not None:
             normalize = True
         else:
-            raise ValueError(f"unsupported sentence-transformers pipeline {kinds} in {folder} "
-                             f"(module {m['type']!r} at position {m.get('idx')})")
+            raise ValueError(
+                f"unsupported sentence-transformers pipeline {kinds} in {folder} "
+                f"(module {m['type']!r} at position {m.get('idx')})"
+            )
     if pooling is None:
         raise ValueError(f"{folder}/modules.json has no Pooling module: {kinds}")
     max_length, lower = None, False
@@ -91,8 +106,13 @@ def read_st_settings(folder: str | pathlib.Path) -> Optional[STSettings]:
             sb = json.load(f)
         max_length = sb.get("max_seq_length")
         lower = bool(sb.get("do_lower_case", False))
-    return STSettings(pooling=pooling, normalize=normalize, max_length=max_length,
-                      do_lower_case=lower, pooler=pooler)
+    return STSettings(
+        pooling=pooling,
+        normalize=normalize,
+        max_length=max_length,
+        do_lower_case=lower,
+        pooler=pooler,
+    )
 
 
 def _read_dense_tanh(sub: pathlib.Path) -> tuple[np.ndarray, np.ndarray]:
@@ -101,15 +121,28 @@ def _read_dense_tanh(sub: pathlib.Path) -> tuple[np.ndarray, np.ndarray]:
     with open(sub / "config.json") as f:
         cfg = json.load(f)
     act = cfg.get("activation_function", "torch.nn.modules.activation.Tanh")
-    if not act.endswith("Tanh") or cfg["in_features"] != cfg["out_features"] or not cfg.get("bias", True):
-        raise ValueError(f"only a square Dense(tanh) with bias after cls pooling is supported, got {cfg}")
+    if (
+        not act.endswith("Tanh")
+        or cfg["in_features"] != cfg["out_features"]
+        or not cfg.get("bias", True)
+    ):
+        raise ValueError(
+            f"only a square Dense(tanh) with bias after cls pooling is supported, got {cfg}"
+        )
     state = read_state_dict(sub)
     return state["linear.weight"], state["linear.bias"]
 
 
-def write_st_files(folder: str | pathlib.Path, *, pooling: str, normalize: bool, max_length: int,
-                   hidden_size: int, pooler: Optional[tuple] = None,
-                   do_lower_case: bool = False) -> None:
+def write_st_files(
+    folder: str | pathlib.Path,
+    *,
+    pooling: str,
+    normalize: bool,
+    max_length: int,
+    hidden_size: int,
+    pooler: Optional[tuple] = None,
+    do_lower_case: bool = False,
+) -> None:
     """Write ``modules.json``, ``1_Pooling``, optional ``2_Dense`` and ``Normalize`` folders and
     ``sentence_bert_config.json`` so that ``SentenceTransformer(folder)`` computes what
     ``Encoder.embed`` computes. ``pooler`` (torch-layout weight, bias) is required for ``cls``."""
@@ -118,26 +151,51 @@ def write_st_files(folder: str | pathlib.Path, *, pooling: str, normalize: bool,
     folder = pathlib.Path(folder)
     if pooling not in ("cls", "cls_before_pooler", "mean", "max"):
         raise ValueError(f"pooling {pooling!r} has no sentence-transformers equivalent")
-    modules = [{"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"}]
+    modules = [
+        {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"}
+    ]
 
     def add(path, kind):
-        modules.append({"idx": len(modules), "name": str(len(modules)), "path": path,
-                        "type": f"sentence_transformers.models.{kind}"})
+        modules.append(
+            {
+                "idx": len(modules),
+                "name": str(len(modules)),
+                "path": path,
+                "type": f"sentence_transformers.models.{kind}",
+            }
+        )
         (folder / path).mkdir(parents=True, exist_ok=True)
         return folder / path
 
     flags = {k: False for k in (*_POOLING_FLAGS, *_UNSUPPORTED_FLAGS)}
-    flags["pooling_mode_" + {"cls": "cls_token", "cls_before_pooler": "cls_token",
-                             "mean": "mean_tokens", "max": "max_tokens"}[pooling]] = True
+    flags[
+        "pooling_mode_"
+        + {
+            "cls": "cls_token",
+            "cls_before_pooler": "cls_token",
+            "mean": "mean_tokens",
+            "max": "max_tokens",
+        }[pooling]
+    ] = True
     sub = add("1_Pooling", "Pooling")
     with open(sub / "config.json", "w") as f:
         json.dump({"word_embedding_dimension": hidden_size, **flags}, f, indent=2)
     if pooling == "cls" and pooler is not None:
         sub = add("2_Dense", "Dense")
         with open(sub / "config.json", "w") as f:
-            json.dump({"in_features": hidden_size, "out_features": hidden_size, "bias": True,
-                       "activation_function": "torch.nn.modules.activation.Tanh"}, f, indent=2)
-        write_safetensors({"linear.weight": pooler[0], "linear.bias": pooler[1]}, sub / "model.safetensors")
+            json.dump(
+                {
+                    "in_features": hidden_size,
+                    "out_features": hidden_size,
+                    "bias": True,
+                    "activation_function": "torch.nn.modules.activation.Tanh",
+                },
+                f,
+                indent=2,
+            )
+        write_safetensors(
+            {"linear.weight": pooler[0], "linear.bias": pooler[1]}, sub / "model.safetensors"
+        )
     if normalize:
         add(f"{len(modules)}_Normalize", "Normalize")
     with open(folder / "modules.json", "w") as f:

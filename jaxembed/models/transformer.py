@@ -95,8 +95,12 @@ class LayerNorm(nn.Module):
     @nn.compact
     def __call__(self, x):
         features = x.shape[-1]
-        scale = self.param("scale", nn.with_logical_partitioning(nn.initializers.ones, ("embed",)),
-                           (features,), self.param_dtype)
+        scale = self.param(
+            "scale",
+            nn.with_logical_partitioning(nn.initializers.ones, ("embed",)),
+            (features,),
+            self.param_dtype,
+        )
         bias = self.param("bias", _zeros(("embed",)), (features,), self.param_dtype)
         x32 = x.astype(jnp.float32)
         mean = jnp.mean(x32, axis=-1, keepdims=True)
@@ -122,7 +126,9 @@ class Embeddings(nn.Module):
     def position_ids(self, input_ids):
         cfg = self.config
         if cfg.model_type == "bert":
-            return jnp.broadcast_to(jnp.arange(input_ids.shape[1], dtype=jnp.int32), input_ids.shape)
+            return jnp.broadcast_to(
+                jnp.arange(input_ids.shape[1], dtype=jnp.int32), input_ids.shape
+            )
         not_pad = (input_ids != cfg.pad_token_id).astype(jnp.int32)
         return jnp.cumsum(not_pad, axis=1) * not_pad + cfg.pad_token_id
 
@@ -131,12 +137,19 @@ class Embeddings(nn.Module):
         cfg = self.config
 
         def embed(num, axes, name):
-            return nn.Embed(num, cfg.hidden_size, embedding_init=_kernel(axes), dtype=self.dtype,
-                            param_dtype=self.param_dtype, name=name)
+            return nn.Embed(
+                num,
+                cfg.hidden_size,
+                embedding_init=_kernel(axes),
+                dtype=self.dtype,
+                param_dtype=self.param_dtype,
+                name=name,
+            )
 
         x = embed(cfg.vocab_size, ("vocab", "embed"), "word_embeddings")(input_ids)
-        x = x + embed(cfg.max_position_embeddings, (None, "embed"),
-                      "position_embeddings")(self.position_ids(input_ids))
+        x = x + embed(cfg.max_position_embeddings, (None, "embed"), "position_embeddings")(
+            self.position_ids(input_ids)
+        )
         x = x + embed(cfg.type_vocab_size, (None, "embed"), "token_type_embeddings")(token_type_ids)
         x = LayerNorm(cfg.layer_norm_eps, self.dtype, self.param_dtype, name="LayerNorm")(x)
         x = nn.Dropout(cfg.hidden_dropout_prob)(x, deterministic=deterministic)
@@ -158,9 +171,15 @@ class DenseEinsum(nn.Module):
 
     @nn.compact
     def __call__(self, x):
-        kernel = self.param("kernel", _kernel(self.kernel_axes), self.kernel_shape, self.param_dtype)
-        bias = self.param("bias", _zeros(self.bias_axes), self.kernel_shape[-len(self.bias_axes):],
-                          self.param_dtype)
+        kernel = self.param(
+            "kernel", _kernel(self.kernel_axes), self.kernel_shape, self.param_dtype
+        )
+        bias = self.param(
+            "bias",
+            _zeros(self.bias_axes),
+            self.kernel_shape[-len(self.bias_axes) :],
+            self.param_dtype,
+        )
         y = jnp.einsum(self.equation, x.astype(self.dtype), kernel.astype(self.dtype))
         return y + bias.astype(self.dtype)
 
@@ -182,8 +201,15 @@ class SelfAttention(nn.Module):
         heads, head_dim = cfg.num_attention_heads, cfg.head_dim
 
         def project(name):
-            y = DenseEinsum("blh,hnd->blnd", (cfg.hidden_size, heads, head_dim), ("embed", "heads", "kv"),
-                            ("heads", "kv"), self.dtype, self.param_dtype, name=name)(x)
+            y = DenseEinsum(
+                "blh,hnd->blnd",
+                (cfg.hidden_size, heads, head_dim),
+                ("embed", "heads", "kv"),
+                ("heads", "kv"),
+                self.dtype,
+                self.param_dtype,
+                name=name,
+            )(x)
             return nn.with_logical_constraint(y, ("batch", "seq", "heads", "kv"))
 
         q, k, v = project("query"), project("key"), project("value")
@@ -195,8 +221,15 @@ class SelfAttention(nn.Module):
         probs = nn.Dropout(cfg.attention_probs_dropout_prob)(probs, deterministic=deterministic)
         ctx = jnp.einsum("bhqk,bkhd->bqhd", probs.astype(self.dtype), v)
         ctx = nn.with_logical_constraint(ctx, ("batch", "seq", "heads", "kv"))
-        out = DenseEinsum("blnd,ndh->blh", (heads, head_dim, cfg.hidden_size), ("heads", "kv", "embed"),
-                          ("embed",), self.dtype, self.param_dtype, name="output")(ctx)
+        out = DenseEinsum(
+            "blnd,ndh->blh",
+            (heads, head_dim, cfg.hidden_size),
+            ("heads", "kv", "embed"),
+            ("embed",),
+            self.dtype,
+            self.param_dtype,
+            name="output",
+        )(ctx)
         return nn.with_logical_constraint(out, ("batch", "seq", "embed"))
 
 
@@ -214,11 +247,21 @@ class TransformerLayer(nn.Module):
         a = SelfAttention(cfg, **kw, name="attention")(x, mask, deterministic=deterministic)
         a = nn.Dropout(cfg.hidden_dropout_prob)(a, deterministic=deterministic)
         x = LayerNorm(cfg.layer_norm_eps, **kw, name="attention_norm")(a + x)
-        h = nn.Dense(cfg.intermediate_size, kernel_init=_kernel(("embed", "mlp")),
-                     bias_init=_zeros(("mlp",)), **kw, name="intermediate")(x)
+        h = nn.Dense(
+            cfg.intermediate_size,
+            kernel_init=_kernel(("embed", "mlp")),
+            bias_init=_zeros(("mlp",)),
+            **kw,
+            name="intermediate",
+        )(x)
         h = nn.with_logical_constraint(_activation(cfg.hidden_act)(h), ("batch", "seq", "mlp"))
-        h = nn.Dense(cfg.hidden_size, kernel_init=_kernel(("mlp", "embed")),
-                     bias_init=_zeros(("embed",)), **kw, name="output")(h)
+        h = nn.Dense(
+            cfg.hidden_size,
+            kernel_init=_kernel(("mlp", "embed")),
+            bias_init=_zeros(("embed",)),
+            **kw,
+            name="output",
+        )(h)
         h = nn.Dropout(cfg.hidden_dropout_prob)(h, deterministic=deterministic)
         x = LayerNorm(cfg.layer_norm_eps, **kw, name="output_norm")(h + x)
         return nn.with_logical_constraint(x, ("batch", "seq", "embed"))
@@ -233,9 +276,14 @@ class Pooler(nn.Module):
 
     @nn.compact
     def __call__(self, cls_row):
-        y = nn.Dense(self.config.hidden_size, kernel_init=_kernel((None, "embed")),
-                     bias_init=_zeros(("embed",)), dtype=self.dtype, param_dtype=self.param_dtype,
-                     name="dense")(cls_row)
+        y = nn.Dense(
+            self.config.hidden_size,
+            kernel_init=_kernel((None, "embed")),
+            bias_init=_zeros(("embed",)),
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+            name="dense",
+        )(cls_row)
         return jnp.tanh(y)
 
 
@@ -252,31 +300,49 @@ class TransformerEncoder(nn.Module):
     remat: bool = False
 
     @nn.compact
-    def __call__(self, input_ids, attention_mask, token_type_ids=None, *,
-                 deterministic: bool = True, output_hidden_states: bool = False) -> EncoderOutput:
+    def __call__(
+        self,
+        input_ids,
+        attention_mask,
+        token_type_ids=None,
+        *,
+        deterministic: bool = True,
+        output_hidden_states: bool = False,
+    ) -> EncoderOutput:
         cfg = self.config
         if input_ids.ndim != 2:
             raise ValueError(f"input_ids must be [B, L], got shape {input_ids.shape}")
         if attention_mask.shape != input_ids.shape:
-            raise ValueError(f"attention_mask shape {attention_mask.shape} != input_ids shape "
-                             f"{input_ids.shape}")
+            raise ValueError(
+                f"attention_mask shape {attention_mask.shape} != input_ids shape "
+                f"{input_ids.shape}"
+            )
         if token_type_ids is None:
             token_type_ids = jnp.zeros_like(input_ids)
         elif token_type_ids.shape != input_ids.shape:
-            raise ValueError(f"token_type_ids shape {token_type_ids.shape} != input_ids shape "
-                             f"{input_ids.shape}")
+            raise ValueError(
+                f"token_type_ids shape {token_type_ids.shape} != input_ids shape "
+                f"{input_ids.shape}"
+            )
         if input_ids.shape[1] > cfg.max_tokens:
-            raise ValueError(f"sequence length {input_ids.shape[1]} exceeds the model's "
-                             f"{cfg.max_tokens} positions")
+            raise ValueError(
+                f"sequence length {input_ids.shape[1]} exceeds the model's "
+                f"{cfg.max_tokens} positions"
+            )
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
-        x = Embeddings(cfg, **kw, name="embeddings")(input_ids, token_type_ids,
-                                                     deterministic=deterministic)
+        x = Embeddings(cfg, **kw, name="embeddings")(
+            input_ids, token_type_ids, deterministic=deterministic
+        )
         hidden = [x]
-        layer_cls = nn.remat(TransformerLayer, static_argnums=(3,)) if self.remat else TransformerLayer
+        layer_cls = (
+            nn.remat(TransformerLayer, static_argnums=(3,)) if self.remat else TransformerLayer
+        )
         for i in range(cfg.num_hidden_layers):
             x = layer_cls(cfg, **kw, name=f"layer_{i}")(x, attention_mask, deterministic)
             hidden.append(x)
         pooled = Pooler(cfg, **kw, name="pooler")(x[:, 0]) if cfg.add_pooling_layer else None
-        return EncoderOutput(last_hidden_state=x,
-                             hidden_states=tuple(hidden) if output_hidden_states else None,
-                             pooler_output=pooled)
+        return EncoderOutput(
+            last_hidden_state=x,
+            hidden_states=tuple(hidden) if output_hidden_states else None,
+            pooler_output=pooled,
+        )

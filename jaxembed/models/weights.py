@@ -35,8 +35,15 @@ from jaxembed.models.config import EncoderConfig
 
 # Keys an HF checkpoint may carry that are not encoder weights.
 BUFFER_KEYS = ("embeddings.position_ids", "embeddings.token_type_ids")
-HEAD_PREFIXES = ("cls.", "lm_head.", "classifier.", "qa_outputs.", "pre_classifier.",
-                 "discriminator_predictions.", "generator_predictions.")
+HEAD_PREFIXES = (
+    "cls.",
+    "lm_head.",
+    "classifier.",
+    "qa_outputs.",
+    "pre_classifier.",
+    "discriminator_predictions.",
+    "generator_predictions.",
+)
 BASE_PREFIXES = ("bert.", "roberta.", "model.")
 
 
@@ -121,11 +128,15 @@ def _to_hf(kind: str, a: np.ndarray, c: EncoderConfig) -> np.ndarray:
 def _rename_legacy(key: str) -> str:
     """Old TF-converted checkpoints name LayerNorm params gamma/beta."""
     if "LayerNorm" in key:
-        key = key.replace("LayerNorm.gamma", "LayerNorm.weight").replace("LayerNorm.beta", "LayerNorm.bias")
+        key = key.replace("LayerNorm.gamma", "LayerNorm.weight").replace(
+            "LayerNorm.beta", "LayerNorm.bias"
+        )
     return key
 
 
-def split_base_model(state: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+def split_base_model(
+    state: dict[str, np.ndarray],
+) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
     """Strip the base-model prefix (``bert.``, ``roberta.``, none) and set aside other keys.
 
     Returns ``(base, extra)``: ``base`` keys look like ``embeddings.word_embeddings.weight``;
@@ -140,15 +151,17 @@ def split_base_model(state: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray
             prefix = k[: -len(anchor)]
             break
     if prefix is None:
-        raise ValueError(f"checkpoint has no '{anchor}' (keys start with "
-                         f"{sorted({k.split('.')[0] for k in state})})")
+        raise ValueError(
+            f"checkpoint has no '{anchor}' (keys start with "
+            f"{sorted({k.split('.')[0] for k in state})})"
+        )
     if prefix and prefix not in BASE_PREFIXES:
         raise ValueError(f"unexpected base-model prefix {prefix!r}; known: {BASE_PREFIXES}")
     base, extra, unknown = {}, {}, []
     for key, value in state.items():
         k = _rename_legacy(key)
         if k.startswith(prefix):
-            k = k[len(prefix):]
+            k = k[len(prefix) :]
             (extra if k in BUFFER_KEYS else base)[k] = value
         elif k.startswith(HEAD_PREFIXES):
             extra[k] = value
@@ -159,7 +172,9 @@ def split_base_model(state: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray
     return base, extra
 
 
-def hf_to_flax(base: dict[str, np.ndarray], config: EncoderConfig, *, dtype=np.float32) -> dict[str, Any]:
+def hf_to_flax(
+    base: dict[str, np.ndarray], config: EncoderConfig, *, dtype=np.float32
+) -> dict[str, Any]:
     """Map a base-model state dict (no prefix) to the Flax ``params`` pytree.
 
     Raises ``ValueError`` naming every missing, unexpected and mis-shaped key.
@@ -168,8 +183,11 @@ def hf_to_flax(base: dict[str, np.ndarray], config: EncoderConfig, *, dtype=np.f
     expected = {k for k, _, _ in table}
     missing = sorted(expected - set(base))
     unexpected = sorted(set(base) - expected)
-    misshaped = [f"{k}: expected {hf_shape(k, config)}, found {tuple(base[k].shape)}"
-                 for k, _, _ in table if k in base and tuple(base[k].shape) != hf_shape(k, config)]
+    misshaped = [
+        f"{k}: expected {hf_shape(k, config)}, found {tuple(base[k].shape)}"
+        for k, _, _ in table
+        if k in base and tuple(base[k].shape) != hf_shape(k, config)
+    ]
     if missing or unexpected or misshaped:
         parts = []
         if missing:
@@ -184,7 +202,9 @@ def hf_to_flax(base: dict[str, np.ndarray], config: EncoderConfig, *, dtype=np.f
         node = params
         for p in path[:-1]:
             node = node.setdefault(p, {})
-        node[path[-1]] = np.asarray(_to_flax(kind, np.asarray(base[key], np.float32), config), dtype=dtype)
+        node[path[-1]] = np.asarray(
+            _to_flax(kind, np.asarray(base[key], np.float32), config), dtype=dtype
+        )
     return params
 
 
@@ -211,6 +231,7 @@ def _read_safetensors(path: pathlib.Path) -> dict[str, np.ndarray]:
                 out[k] = f.get_tensor(k)
     except (TypeError, ValueError):  # e.g. bf16, which numpy lacks: go through torch
         import torch  # noqa: F401
+
         with safe_open(str(path), framework="pt") as f:
             for k in f.keys():
                 out[k] = f.get_tensor(k).float().numpy()
@@ -232,7 +253,10 @@ def read_state_dict(folder: str | pathlib.Path) -> dict[str, np.ndarray]:
     ``torch.load(weights_only=True)`` (never unpickles arbitrary objects).
     """
     folder = pathlib.Path(folder)
-    for name, reader in (("model.safetensors", _read_safetensors), ("pytorch_model.bin", _read_torch_bin)):
+    for name, reader in (
+        ("model.safetensors", _read_safetensors),
+        ("pytorch_model.bin", _read_torch_bin),
+    ):
         single = folder / name
         if single.is_file():
             return reader(single)
@@ -251,5 +275,6 @@ def write_safetensors(state: dict[str, np.ndarray], path: str | pathlib.Path) ->
     """Write a float32 state dict with the ``{"format": "pt"}`` metadata transformers expects."""
     from safetensors.numpy import save_file
 
-    save_file({k: np.ascontiguousarray(v) for k, v in state.items()}, str(path),
-              metadata={"format": "pt"})
+    save_file(
+        {k: np.ascontiguousarray(v) for k, v in state.items()}, str(path), metadata={"format": "pt"}
+    )
