@@ -37,6 +37,7 @@ def parse_args(argv=None):
     p.add_argument("--device-batch", type=int, default=256, help="global batch of the device sweep")
     p.add_argument("--seq-len", type=int, default=32)
     p.add_argument("--png", default="")
+    p.add_argument("--replot", default="", help="plot/tabulate saved JSON lines instead of measuring")
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--points", default="", help=argparse.SUPPRESS)
     return p.parse_args(argv)
@@ -107,9 +108,17 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     if args.worker:
         return run_worker(args)
+    if args.replot:
+        with open(args.replot) as f:
+            rows = [json.loads(line) for line in f if line.startswith("{")]
+        return report(rows, args)
     rows = spawn([(int(b), 1) for b in args.batches.split(",")], 1, args)
     for n in (int(d) for d in args.devices.split(",")):
         rows += [dict(r, sweep="devices") for r in spawn([(args.device_batch, n)], n, args)]
+    return report(rows, args)
+
+
+def report(rows: list[dict], args) -> int:
     for r in rows:
         r.setdefault("sweep", "batch")
         print(json.dumps(r))
