@@ -155,14 +155,13 @@ def jax_matmul_peak(dtype_name):
 
 def torch_cases(args, config, batch):
     import torch
-    import torch.nn.functional as F
     import transformers
 
     device = "cuda" if args.device_kind == "gpu" else "cpu"
     dtype = torch.bfloat16 if args.dtype == "bfloat16" else torch.float32
     torch.manual_seed(args.seed)
     ids, mask, tt = (torch.as_tensor(x, dtype=torch.long, device=device) for x in batch)
-    tau, h = 0.05, config["hidden_size"]
+    h = config["hidden_size"]
     out = {}
 
     def bert():
@@ -173,44 +172,18 @@ def torch_cases(args, config, batch):
             m = transformers.BertModel(transformers.BertConfig(**fields), add_pooling_layer=False)
         return m.to(device).train()
 
-    def info_nce(z1, z2):
-        sim = F.cosine_similarity(z1[:, None].float(), z2[None].float(), dim=-1) / tau
-        return F.cross_entropy(sim, torch.arange(z1.shape[0], device=device))
+    # the same reference train step as benchmarks/gpu.py (official-style SGW, eigh, W detached)
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from torch_reference import TorchStep
 
-    def sgw(x, groups):
-        x = x.float()
-        perm = torch.randperm(x.shape[1], device=device)
-        xs = x[:, perm].reshape(x.shape[0], groups, -1).transpose(0, 1)      # [G, B, c]
-        xc = xs - xs.mean(1, keepdim=True)
-        with torch.no_grad():
-            cov = xc.transpose(1, 2) @ xc / x.shape[0]
-            lam, u = torch.linalg.eigh(cov)
-            w = u @ torch.diag_embed((lam.clamp_min(0) + 1e-5).rsqrt()) @ u.transpose(1, 2)
-        z = (xc @ w).transpose(0, 1).reshape(x.shape)
-        return z[:, torch.argsort(perm)]
+    groups = 128 if h % 128 == 0 else 64
+    for name, objective, views in (("torch_simcse", "simcse_unsup", 2),
+                                   ("torch_whitenedcse", "whitenedcse", 3)):
+        step = TorchStep(bert(), objective=objective, num_views=3, num_groups=groups, eps=1e-5,
+                         lr=1e-5, amp=dtype == torch.bfloat16)
 
-    for name, views in (("torch_simcse", 2), ("torch_whitenedcse", 3)):
-        model, mlp = bert(), torch.nn.Linear(h, h).to(device)
-        params = list(model.parameters()) + list(mlp.parameters())
-        opt = torch.optim.AdamW(params, lr=1e-5, weight_decay=0.0)
-        groups = 128 if h % 128 == 0 else 64
-
-        def run(model=model, mlp=mlp, opt=opt, params=params, views=views, groups=groups):
-            with torch.autocast(device_type=device, dtype=dtype, enabled=dtype == torch.bfloat16):
-                x = model(input_ids=ids.repeat_interleave(views, 0),
-                          attention_mask=mask.repeat_interleave(views, 0),
-                          token_type_ids=tt.repeat_interleave(views, 0)).last_hidden_state[:, 0]
-                x = x.reshape(ids.shape[0], views, h)
-                if views == 2:
-                    z = torch.tanh(mlp(x))
-                    loss = info_nce(z[:, 0], z[:, 1])
-                else:
-                    z = [torch.tanh(mlp(sgw(x[:, k], groups))) for k in range(views)]
-                    loss = sum(info_nce(z[0], z[k]) for k in range(1, views))
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, 1.0)
-            opt.step()
+        def run(step=step):
+            step(ids, mask)
             if device == "cuda":
                 torch.cuda.synchronize()
 
