@@ -22,13 +22,10 @@ Data: ``$JAXEMBED_DATA/nli_for_simcse.csv`` if present, else triplets built from
 the SentEval-format SNLI dev split (``snli:DIR:dev``, 2,954 triplets).
 """
 
-import os
-import pathlib
-
-from jaxembed.assets import QUICKSTART
+from jaxembed.assets import QUICKSTART, shared_data, wiki1m_corpus
 from jaxembed.train.config import TrainConfig
 
-DATA = pathlib.Path(os.environ.get("JAXEMBED_DATA", pathlib.Path(__file__).resolve().parents[2] / "shared" / "data"))
+DATA = shared_data()
 
 
 def nli() -> str:

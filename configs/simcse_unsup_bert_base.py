@@ -18,18 +18,8 @@ Data: ``$JAXEMBED_DATA/corpora/wiki1m/wiki1m_for_simcse.txt`` (the full
 1M-line file); when only the 11,914-line prefix is present it is used instead.
 """
 
-import os
-import pathlib
-
-from jaxembed.assets import QUICKSTART
+from jaxembed.assets import QUICKSTART, wiki1m_corpus
 from jaxembed.train.config import TrainConfig
-
-DATA = pathlib.Path(os.environ.get("JAXEMBED_DATA", pathlib.Path(__file__).resolve().parents[2] / "shared" / "data"))
-
-
-def wiki1m() -> str:
-    full = DATA / "corpora" / "wiki1m" / "wiki1m_for_simcse.txt"
-    return str(full if full.exists() else full.with_name("wiki1m_for_simcse.prefix.txt"))
 
 
 def get_config(arg=None):
@@ -41,7 +31,7 @@ def get_config(arg=None):
         mlp=True,
         num_views=2,
         temperature=0.05,
-        data=wiki1m(),
+        data=wiki1m_corpus(),
         eval_data=str(QUICKSTART / "sts-dev.csv"),
         max_length=32,
         batch_size=64,
