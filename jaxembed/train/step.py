@@ -66,7 +66,7 @@ def make_train_step(loss_fn, tx: optax.GradientTransformation, schedule, shardin
         (loss, aux), grads = grad_fn(state.params, batch, state.step_key())
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
-        metrics = {"loss": loss.astype(jnp.float32), "grad_norm": optax.global_norm(grads),
+        metrics = {"loss": loss.astype(jnp.float32), "grad_norm": optax.tree.norm(grads),
                    "lr": jnp.asarray(schedule(state.step), jnp.float32),
                    **{k: v.astype(jnp.float32) for k, v in aux.items()}}
         return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
