@@ -56,8 +56,10 @@ def _cross_entropy_rows(queries, candidates, positive_logit, labels, *, scale, c
 
     ``chunk_size=None`` handles all candidates as one block; an integer scans
     over blocks of ``chunk_size`` candidates (tail masked) with the block body
-    rematerialised (``jax.checkpoint``), so only [M, chunk_size] scores are ever
-    alive, forward and backward.
+    rematerialised (``jax.checkpoint``), so at most [M, chunk_size] scores are
+    alive at once. The scan still saves its running-logsumexp carry ([M]) per
+    block for the backward pass: B·B/chunk_size floats in all (measured with
+    ``benchmarks/grad_cache.py``), so choose chunk_size ≈ sqrt(B/2).
     """
     n, d = candidates.shape
     step = partial(_accumulate, queries=queries, labels=labels, scale=scale)
@@ -113,7 +115,8 @@ def info_nce(
       chunk_size: ``None`` builds the [B, B(+B)] logits at once; an integer
         streams over blocks of ``chunk_size`` candidates with an online
         logsumexp, so the full logits never materialise, forward or backward
-        (blocks are rematerialised). Same value and gradient.
+        (blocks are rematerialised; the per-block carries kept for the
+        backward pass cost B·B/chunk_size floats). Same value and gradient.
 
     Returns:
       scalar float32: the mean over the (global) batch of
