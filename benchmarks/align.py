@@ -40,22 +40,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
-import subprocess
+import sys
 import time
 
 import numpy as np
 
-
-def _cpu_name() -> str:
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=False).stdout
-        for line in out.splitlines():
-            if line.startswith("Model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _machine import cpu_name  # noqa: E402
 
 
 def _best_of(fn, repeats):
@@ -143,7 +134,7 @@ def main() -> None:
     same_kind = (backend == "cpu") == (tdevice.type == "cpu")
     ref_rs_size = args.ref_rs_size or (rs_size if same_kind else min(rs_size, 20_000))
     machine = {
-        "cpu": _cpu_name(),
+        "cpu": cpu_name(),
         "cores": os.cpu_count(),
         "jax_backend": backend,
         "jax_device": str(jax.devices()[0].device_kind),

@@ -20,25 +20,15 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
-import subprocess
+import sys
 import time
 from functools import partial
 
 import numpy as np
 
-
-def _machine() -> str:
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=False).stdout
-        model = next(
-            (ln.split(":", 1)[1].strip() for ln in out.splitlines() if ln.startswith("Model name")),
-            "",
-        )
-    except OSError:
-        model = ""
-    return f"{model or platform.processor()} ({os.cpu_count()} cores)"
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _machine import cpu_name  # noqa: E402
 
 
 def torch_info_nce(a, p, temperature=0.05):
@@ -105,7 +95,7 @@ def main(argv=None) -> int:
     d = 768
     batches = (64, 128) if args.quick else (64, 128, 512, 4096)
     rng = np.random.default_rng(0)
-    machine = _machine()
+    machine = f"{cpu_name()} ({os.cpu_count()} cores)"
     print(
         json.dumps(
             {
