@@ -57,11 +57,13 @@ import statistics
 import sys
 import time
 
+from jaxembed.eval.sts import STS_TASKS, TABLE_NAMES
+
 REPO = pathlib.Path(__file__).resolve().parents[1]
 DEFAULT_PAIRS = REPO.parent / "shared" / "data" / "sts_raw" / "STSBenchmark" / "sts-train.csv"
 DEFAULT_STS = REPO.parent / "shared" / "data" / "senteval"
-ALL_TASKS = ("STS12", "STS13", "STS14", "STS15", "STS16", "STSBenchmark", "SICKRelatedness")
-SHORT = {"STSBenchmark": "STS-B", "SICKRelatedness": "SICK-R"}
+ALL_TASKS = STS_TASKS  # the seven tasks of the papers' tables
+SHORT = TABLE_NAMES
 
 
 def _csv(text: str) -> list[str]:

@@ -102,12 +102,14 @@ import statistics
 import sys
 import time
 
+from jaxembed.eval.sts import STS_TASKS, TABLE_NAMES
+
 REPO = pathlib.Path(__file__).resolve().parents[1]
 DEFAULT_DATA = (
     REPO.parent / "shared" / "data" / "corpora" / "wiki1m" / "wiki1m_for_simcse.prefix.txt"
 )
 DEFAULT_STS = REPO.parent / "shared" / "data" / "senteval"
-ALL_TASKS = ("STS12", "STS13", "STS14", "STS15", "STS16", "STSBenchmark", "SICKRelatedness")
+ALL_TASKS = STS_TASKS  # the seven tasks of the papers' tables
 METHODS = ("none", "simcse_unsup", "whitenedcse")
 POOLINGS = ("cls_before_pooler", "mean")
 VIEWS = {"none": 0, "simcse_unsup": 2, "whitenedcse": 3}
@@ -121,7 +123,7 @@ PAPERS = {
         zip((*ALL_TASKS, "Avg"), (74.03, 84.90, 76.40, 83.40, 80.23, 81.14, 71.33, 78.78))
     ),
 }
-SHORT = {"STSBenchmark": "STS-B", "SICKRelatedness": "SICK-R"}
+SHORT = TABLE_NAMES
 CALIBRATION_SENTENCES = 1000
 
 
