@@ -93,8 +93,7 @@ def jax_case(model: str, objective: str, batch: int, seq_len: int, ids, mask, ar
     from jaxembed.train.config import TrainConfig
     from jaxembed.train.objectives import build_objective
     from jaxembed.train.state import make_optimizer
-    from jaxembed.train.step import create_state, make_train_step, state_shardings
-    from jaxembed.train.trainer import encoder_logical_axes
+    from jaxembed.train.step import build_train_step
 
     ec = EncoderConfig(vocab_size=VOCAB, max_position_embeddings=512, **MODELS[model])
     dtype = jnp.bfloat16 if args.dtype == "bfloat16" else jnp.float32
@@ -106,12 +105,7 @@ def jax_case(model: str, objective: str, batch: int, seq_len: int, ids, mask, ar
     obj = build_objective(cfg, enc)
     tx, schedule = make_optimizer(learning_rate=1e-5, total_steps=10_000)
     mesh = shd.make_mesh(data=-1, fsdp=1)
-    heads, head_names = shd._unbox(obj.init_heads(jax.random.PRNGKey(1)))
-    params = {"encoder": enc.params, "head": heads}
-    logical = {"encoder": encoder_logical_axes(enc), "head": head_names}
-    shardings = state_shardings(params, tx, mesh, logical=logical, hidden_size=enc.hidden_size)
-    state = create_state(params, tx, shardings, seed=0)
-    step = make_train_step(obj.loss, tx, schedule, shardings, mesh)
+    state, step = build_train_step(enc, obj, tx, schedule, mesh)
     host = {"input_ids": ids[:, None, :], "attention_mask": mask[:, None, :],
             "token_type_ids": np.zeros_like(ids)[:, None, :]}
     dev_batch = shd.shard_batch(host, mesh)
@@ -125,7 +119,7 @@ def jax_case(model: str, objective: str, batch: int, seq_len: int, ids, mask, ar
     def sync(m):
         losses.append(float(m["loss"]))
 
-    n_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(params))
+    n_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(state.params))
     first, t = median_time(run, sync, warmup=args.warmup, steps=args.steps)
     result = {"compile_s": first, "step_s": t, "loss_last": losses[-1], "n_params": n_params,
               "finite": bool(np.all(np.isfinite(losses)))}

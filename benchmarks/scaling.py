@@ -51,24 +51,19 @@ def measure(batch: int, n_devices: int, steps: int, seq_len: int) -> dict:
     from jaxembed.train.config import TrainConfig
     from jaxembed.train.objectives import build_objective
     from jaxembed.train.state import make_optimizer
-    from jaxembed.train.step import create_state, make_train_step, state_shardings
-    from jaxembed.train.trainer import encoder_logical_axes, load_encoder
+    from jaxembed.train.step import build_train_step
+    from jaxembed.train.trainer import load_encoder
 
     cfg = TrainConfig(model="tiny-random", objective="simcse_unsup", max_length=seq_len, batch_size=batch)
     enc = load_encoder(cfg)
     obj = build_objective(cfg, enc)
-    heads, names = shd._unbox(obj.init_heads(jax.random.PRNGKey(1)))
-    params = {"encoder": enc.params, "head": heads}
     tx, schedule = make_optimizer(learning_rate=1e-4, total_steps=1000)
     mesh = shd.make_mesh(data=n_devices, fsdp=1, devices=jax.devices()[:n_devices])
-    sh = state_shardings(params, tx, mesh, logical={"encoder": encoder_logical_axes(enc), "head": names},
-                         hidden_size=enc.hidden_size)
-    state = create_state(params, tx, sh, seed=0)
+    state, step = build_train_step(enc, obj, tx, schedule, mesh)
     rng = np.random.default_rng(0)
     ids = rng.integers(1000, 30000, size=(batch, 1, seq_len)).astype(np.int32)
     host = {"input_ids": ids, "attention_mask": np.ones_like(ids), "token_type_ids": np.zeros_like(ids)}
     placed = shd.shard_batch(host, mesh)
-    step = make_train_step(obj.loss, tx, schedule, sh, mesh)
     compiled = step.lower(state, placed).compile()
     mem = compiled.memory_analysis()
     mem_bytes = None

@@ -102,7 +102,7 @@ def jax_cases(args, config, batch):
     from jaxembed.train.config import TrainConfig
     from jaxembed.train.objectives import build_objective
     from jaxembed.train.state import make_optimizer
-    from jaxembed.train.step import create_state, make_train_step, state_shardings
+    from jaxembed.train.step import build_train_step
 
     dtype = jnp.bfloat16 if args.dtype == "bfloat16" else jnp.float32
     if config["_path"]:
@@ -119,15 +119,9 @@ def jax_cases(args, config, batch):
         cfg = TrainConfig(objective=objective, num_views=views, num_groups=128 if config["hidden_size"] % 128 == 0 else 64,
                           whitening_eps=1e-5, mixed_precision=args.dtype == "bfloat16")
         obj = build_objective(cfg, enc)
-        heads, head_names = shd._unbox(obj.init_heads(jax.random.PRNGKey(1)))
-        params = {"encoder": enc.params, "head": heads}
-        from jaxembed.train.trainer import encoder_logical_axes
-
-        logical = {"encoder": encoder_logical_axes(enc), "head": head_names}
         tx, schedule = make_optimizer(learning_rate=1e-5, total_steps=10_000)
-        sh = state_shardings(params, tx, mesh, logical=logical, hidden_size=enc.hidden_size)
-        state = {"s": create_state(params, tx, sh, seed=0)}
-        step = make_train_step(obj.loss, tx, schedule, sh, mesh)
+        s0, step = build_train_step(enc, obj, tx, schedule, mesh)
+        state = {"s": s0}
         placed = shd.shard_batch(host, mesh)
 
         def run(step=step, state=state, placed=placed):

@@ -14,8 +14,8 @@ from jaxembed.train import sharding as shd
 from jaxembed.train.config import TrainConfig
 from jaxembed.train.objectives import build_objective
 from jaxembed.train.state import make_optimizer
-from jaxembed.train.step import create_state, make_train_step, state_shardings
-from jaxembed.train.trainer import encoder_logical_axes, load_encoder
+from jaxembed.train.step import create_state, initial_params, make_train_step, state_shardings
+from jaxembed.train.trainer import load_encoder
 
 WORDS = ("the a man woman dog cat runs sits on under red blue big small house car tree "
          "river plays eats quickly slowly guitar food park").split()
@@ -29,9 +29,7 @@ def _setup(tiny_bert_dir, rng, **overrides):
     cfg = TrainConfig(model=str(tiny_bert_dir), max_length=16, **overrides)
     enc = load_encoder(cfg)
     obj = build_objective(cfg, enc)
-    heads, head_names = shd._unbox(obj.init_heads(jax.random.PRNGKey(int(rng.integers(1 << 30)))))
-    params = {"encoder": jax.tree.map(np.asarray, enc.params), "head": jax.tree.map(np.asarray, heads)}
-    logical = {"encoder": encoder_logical_axes(enc), "head": head_names}
+    params, logical = initial_params(enc, obj, head_key=jax.random.PRNGKey(int(rng.integers(1 << 30))))
     return cfg, enc, obj, params, logical
 
 

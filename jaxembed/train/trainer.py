@@ -44,7 +44,7 @@ from jaxembed.train.flops import encoder_train_flops, non_embedding_params, peak
 from jaxembed.train.metrics import MetricsWriter
 from jaxembed.train.objectives import build_objective
 from jaxembed.train.state import TrainState, make_optimizer
-from jaxembed.train.step import create_state, make_train_step, state_shardings
+from jaxembed.train.step import create_state, initial_params, make_train_step, state_shardings
 
 log = logging.getLogger("jaxembed.train")
 EVAL_KEY = "eval/stsb_dev_spearman"
@@ -70,14 +70,6 @@ def load_encoder(cfg: TrainConfig):
     return Encoder.from_pretrained(resolve_model_path(cfg.model), pooling=cfg.eval_pooling,
                                    normalize=cfg.normalize, max_length=cfg.max_length,
                                    dtype=dtype, param_dtype=jnp.float32)
-
-
-def encoder_logical_axes(enc):
-    """Logical axis names (tuples) of ``enc.params``, from ``enc.param_axes()``."""
-    from jax.sharding import PartitionSpec
-
-    return jax.tree.map(lambda spec: tuple(spec), enc.param_axes(),
-                        is_leaf=lambda x: isinstance(x, PartitionSpec))
 
 
 def make_stsb_evaluator(enc, path, *, batch_size: int = 128) -> Callable:
@@ -132,11 +124,7 @@ def _train(cfg: TrainConfig, workdir, echo: Callable[[str], None]) -> dict:
                                   b1=cfg.adam_b1, b2=cfg.adam_b2, eps=cfg.adam_eps,
                                   max_grad_norm=cfg.max_grad_norm)
     mesh = shd.make_mesh(data=cfg.mesh_data, fsdp=cfg.mesh_fsdp)
-    heads, head_names = shd._unbox(objective.init_heads(jax.random.PRNGKey(cfg.seed + 1)))
-    params = {"encoder": jax.tree.map(np.asarray, enc.params), "head": jax.tree.map(np.asarray, heads)}
-    logical = {"encoder": encoder_logical_axes(enc), "head": head_names}
-    if logical["encoder"] is None:
-        logical = None
+    params, logical = initial_params(enc, objective, head_key=jax.random.PRNGKey(cfg.seed + 1))
     shardings = state_shardings(params, tx, mesh, logical=logical, hidden_size=enc.hidden_size)
 
     ckpt = Checkpointer(workdir / "ckpt", keep=cfg.keep, report=say)
