@@ -44,40 +44,97 @@ def _accumulate(carry, block, *, queries, labels, scale):
     return (new_max, run_sum), None
 
 
+def _blocks(candidates, chunk):
+    """``[N, D]`` -> (keys ``[K, chunk, D]`` zero-padded, column ids, valid mask)."""
+    n, d = candidates.shape
+    num_blocks = -(-n // chunk)
+    total = num_blocks * chunk
+    return (
+        jnp.pad(candidates, ((0, total - n), (0, 0))).reshape(num_blocks, chunk, d),
+        jnp.arange(total).reshape(num_blocks, chunk),
+        (jnp.arange(total) < n).reshape(num_blocks, chunk),
+    )
+
+
+def _block_scores(queries, block, labels):
+    keys, cols, valid = block
+    keep = valid[None, :] & (cols[None, :] != labels[:, None])
+    return jnp.dot(queries, keys.T, precision=HIGHEST), keep
+
+
+@partial(jax.custom_vjp, nondiff_argnums=(3,))
+def _negatives_logsumexp(queries, candidates, labels, chunk):
+    """``[M]``: ``log Σ_{j≠label_i} exp(q_i · c_j)``, streamed over blocks of ``chunk``
+    candidates (``-inf`` for a row with no negative). Its VJP re-streams the blocks,
+    so neither pass keeps more than one ``[M, chunk]`` block of scores."""
+    return _negatives_logsumexp_fwd(queries, candidates, labels, chunk)[0]
+
+
+def _negatives_logsumexp_fwd(queries, candidates, labels, chunk):
+    def step(carry, block):
+        run_max, run_sum = carry
+        scores, keep = _block_scores(queries, block, labels)
+        scores = jnp.where(keep, scores, -jnp.inf)
+        new_max = jnp.maximum(run_max, jnp.max(scores, axis=-1))
+        safe = jnp.where(jnp.isfinite(new_max), new_max, 0.0)
+        run_sum = run_sum * jnp.exp(jnp.where(jnp.isfinite(run_max), run_max - safe, -jnp.inf))
+        run_sum = run_sum + jnp.sum(jnp.exp(scores - safe[:, None]), axis=-1)
+        return (new_max, run_sum), None
+
+    row = queries[:, 0]  # *_like keeps the rows' shard_map (varying) type for the carry
+    init = (jnp.full_like(row, -jnp.inf), jnp.zeros_like(row))
+    (run_max, run_sum), _ = jax.lax.scan(step, init, _blocks(candidates, chunk))
+    lse = jnp.where(run_sum > 0, run_max + jnp.log(run_sum), -jnp.inf)
+    return lse, (queries, candidates, labels, lse)
+
+
+def _negatives_logsumexp_bwd(chunk, res, g):
+    queries, candidates, labels, lse = res
+    finite = jnp.isfinite(lse)
+    lse_safe = jnp.where(finite, lse, 0.0)
+    g = jnp.where(finite, g, 0.0)
+
+    def step(d_queries, block):
+        scores, keep = _block_scores(queries, block, labels)
+        # w_ij = g_i softmax_ij over the row's negatives
+        w = jnp.where(keep, g[:, None] * jnp.exp(jnp.where(keep, scores, 0.0) - lse_safe[:, None]), 0.0)
+        d_queries = d_queries + jnp.dot(w, block[0], precision=HIGHEST)
+        return d_queries, jnp.dot(w.T, queries, precision=HIGHEST)
+
+    d_queries, d_keys = jax.lax.scan(step, jnp.zeros_like(queries), _blocks(candidates, chunk))
+    d_candidates = d_keys.reshape(-1, candidates.shape[1])[: candidates.shape[0]]
+    return d_queries, d_candidates, None
+
+
+_negatives_logsumexp.defvjp(_negatives_logsumexp_fwd, _negatives_logsumexp_bwd)
+
+
 def _cross_entropy_rows(queries, candidates, positive_logit, labels, *, scale, chunk_size):
     r"""Per-row ``logsumexp_j(scale · q cᵀ)_j - positive_logit``, accurately.
 
-    With ``m`` the running max (at least the positive logit ``z⁺``) and
+    With ``m`` a stop-gradient max (at least the positive logit ``z⁺``) and
     ``s = Σ_{j≠label} e^{z_j - m}``, the row loss is
     ``(m - z⁺) + log1p(expm1(z⁺ - m) + s)``, which keeps full relative
     precision when the loss is tiny (``m = z⁺``: ``log1p(s)``) instead of
-    cancelling ``logsumexp - z⁺``. ``m`` is stop-gradient, which is exact since
-    the expression does not depend on ``m``.
+    cancelling ``logsumexp - z⁺``; the expression does not depend on ``m``, so
+    stopping its gradient is exact.
 
-    ``chunk_size=None`` handles all candidates as one block; an integer scans
-    over blocks of ``chunk_size`` candidates (tail masked) with the block body
-    rematerialised (``jax.checkpoint``), so at most [M, chunk_size] scores are
-    alive at once. The scan still saves its running-logsumexp carry ([M]) per
-    block for the backward pass: B·B/chunk_size floats in all (measured with
-    ``benchmarks/grad_cache.py``), so choose chunk_size ≈ sqrt(B/2).
+    ``chunk_size=None`` handles all candidates as one block of scores. An
+    integer streams over blocks of ``chunk_size`` candidates (tail masked)
+    through :func:`_negatives_logsumexp`, whose custom VJP recomputes each
+    block in the backward pass: at most one [M, chunk_size] block of scores is
+    alive at a time and nothing of size [M, B/chunk_size] is saved.
     """
-    n, d = candidates.shape
-    step = partial(_accumulate, queries=queries, labels=labels, scale=scale)
-    init = (jax.lax.stop_gradient(positive_logit), jnp.zeros_like(positive_logit))
-    cols = jnp.arange(n)
     if chunk_size is None:
-        (run_max, run_sum), _ = step(init, (candidates, cols, jnp.ones((n,), bool)))
-    else:
-        chunk = check_positive_int(chunk_size, "chunk_size")
-        num_blocks = -(-n // chunk)
-        total = num_blocks * chunk
-        blocks = (
-            jnp.pad(candidates, ((0, total - n), (0, 0))).reshape(num_blocks, chunk, d),
-            jnp.arange(total).reshape(num_blocks, chunk),
-            (jnp.arange(total) < n).reshape(num_blocks, chunk),
-        )
-        (run_max, run_sum), _ = jax.lax.scan(jax.checkpoint(step), init, blocks)
-    return (run_max - positive_logit) + jnp.log1p(jnp.expm1(positive_logit - run_max) + run_sum)
+        step = partial(_accumulate, queries=queries, labels=labels, scale=scale)
+        init = (jax.lax.stop_gradient(positive_logit), jnp.zeros_like(positive_logit))
+        n = candidates.shape[0]
+        (run_max, run_sum), _ = step(init, (candidates, jnp.arange(n), jnp.ones((n,), bool)))
+        return (run_max - positive_logit) + jnp.log1p(jnp.expm1(positive_logit - run_max) + run_sum)
+    chunk = check_positive_int(chunk_size, "chunk_size")
+    lse_neg = _negatives_logsumexp(scale * queries, candidates, labels, chunk)
+    m = jax.lax.stop_gradient(jnp.maximum(positive_logit, lse_neg))
+    return (m - positive_logit) + jnp.log1p(jnp.expm1(positive_logit - m) + jnp.exp(lse_neg - m))
 
 
 def _gather(x, axis_name):
@@ -115,8 +172,8 @@ def info_nce(
       chunk_size: ``None`` builds the [B, B(+B)] logits at once; an integer
         streams over blocks of ``chunk_size`` candidates with an online
         logsumexp, so the full logits never materialise, forward or backward
-        (blocks are rematerialised; the per-block carries kept for the
-        backward pass cost B·B/chunk_size floats). Same value and gradient.
+        (a custom VJP re-streams the blocks: memory O(B·chunk_size + B·D)).
+        Same value and gradient.
 
     Returns:
       scalar float32: the mean over the (global) batch of
