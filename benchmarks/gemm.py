@@ -72,7 +72,8 @@ def worker(args) -> None:
     import numpy as np
     import torch
 
-    torch.set_num_threads(os.cpu_count() or 1)
+    cores = len(os.sched_getaffinity(0))  # honours taskset
+    torch.set_num_threads(cores)
     rng = np.random.default_rng(0)
     cases = shapes(args.tokens, args.hidden, args.intermediate)
     data = [(rng.standard_normal((m, k), np.float32), rng.standard_normal((k, n), np.float32))
@@ -96,7 +97,7 @@ def worker(args) -> None:
             "torch_gflops_best": round(tb_, 1), "torch_gflops_median": round(tm, 1),
             "jax_over_torch": round(jm / tm, 3), "repeats": args.repeats,
             "jax": jax.__version__, "torch": torch.__version__,
-            "cpu": cpu_name(), "cores": os.cpu_count(),
+            "cpu": cpu_name(), "cores": cores,
         }), flush=True)
 
 
