@@ -7,7 +7,7 @@ import pathlib
 import runpy
 import sys
 
-NAMES = ("losses", "encode", "train_step", "align", "scaling", "grad_cache")
+NAMES = ("losses", "encode", "train_step", "align", "scaling", "grad_cache", "gemm", "gpu")
 
 
 def _benchmarks_dir() -> pathlib.Path:
