@@ -244,6 +244,26 @@ def test_refinement_recovers_rotation_from_5pct_seed(rng):
     assert {tuple(p) for p in dico.tolist()} <= {tuple(p) for p in s2t.tolist()}
 
 
+@pytest.mark.parametrize("mode", ["S2T", "T2S", "S2T&T2S", "S2T|T2S"])
+def test_induce_dictionary_modes_match_numpy(rng, mode):
+    """NN retrieval, rank window smaller than both sides: every mode against a float64 brute force."""
+    x = rng.normal(size=(40, 6))
+    y = rng.normal(size=(35, 6))
+    rank = int(rng.integers(15, 30))
+    xn = x / np.linalg.norm(x, axis=1, keepdims=True)
+    yn = y / np.linalg.norm(y, axis=1, keepdims=True)
+    sim = xn @ yn.T
+    s2t = {(i, int(np.argmax(sim[i]))) for i in range(rank)}
+    s2t = {(i, j) for i, j in s2t if j < rank}
+    t2s = {(int(np.argmax(sim[:, j])), j) for j in range(rank)}
+    t2s = {(i, j) for i, j in t2s if i < rank}
+    want = {"S2T": s2t, "T2S": t2s, "S2T&T2S": s2t & t2s, "S2T|T2S": s2t | t2s}[mode]
+    got = induce_dictionary(x.astype(np.float32), y.astype(np.float32), max_rank=rank,
+                            retrieval="nn", mode=mode, key_block=16)
+    assert {tuple(p) for p in got.tolist()} == want
+    assert len(want) > 0
+
+
 # -------------------------------------------------------------- files and CLI
 
 

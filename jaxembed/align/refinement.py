@@ -88,31 +88,19 @@ def induce_dictionary(
     if retrieval == "csls":
         r_t = mean_topk_similarity(s, t, k=knn, **blocking)  # density of each source among targets
         r_s = mean_topk_similarity(t, s, k=knn, **blocking)  # density of each target among sources
+    def matches(queries, keys, n_q, n_k, q_r, k_r):
+        """``{(q, k)}``: each of the first ``n_q`` queries with its best key, kept
+        when that key is among the first ``n_k``."""
+        best = _best_match(queries[:n_q], keys, retrieval=retrieval, knn=knn,
+                           query_r=None if q_r is None else q_r[:n_q], key_r=k_r,
+                           blocking=blocking)
+        return {(q, k) for q, k in enumerate(best.tolist()) if k < n_k}
+
     found = []
     if mode != "T2S":
-        j = _best_match(
-            s[:n_s],
-            t,
-            retrieval=retrieval,
-            knn=knn,
-            query_r=None if r_t is None else r_t[:n_s],
-            key_r=r_s,
-            blocking=blocking,
-        )
-        i = np.arange(n_s)
-        found.append({(a, b) for a, b in zip(i.tolist(), j.tolist()) if b < n_t})
+        found.append(matches(s, t, n_s, n_t, r_t, r_s))
     if mode != "S2T":
-        i = _best_match(
-            t[:n_t],
-            s,
-            retrieval=retrieval,
-            knn=knn,
-            query_r=None if r_s is None else r_s[:n_t],
-            key_r=r_t,
-            blocking=blocking,
-        )
-        j = np.arange(n_t)
-        found.append({(a, b) for a, b in zip(i.tolist(), j.tolist()) if a < n_s})
+        found.append({(i, j) for j, i in matches(t, s, n_t, n_s, r_s, r_t)})
     pairs = (
         found[0]
         if len(found) == 1
