@@ -85,10 +85,11 @@ def test_chunked_info_nce_temperature_gradient(rng):
     assert rel_err(got, want) <= 1e-5
 
 
-def test_chunked_info_nce_single_row_without_negatives(rng):
+@pytest.mark.parametrize("chunk", [None, 4])
+def test_info_nce_single_row_without_negatives(rng, chunk):
     a = rng.standard_normal((1, 6)).astype(np.float32)
     p = rng.standard_normal((1, 6)).astype(np.float32)
-    value, grads = jax.value_and_grad(lambda a, p: info_nce(a, p, chunk_size=4), argnums=(0, 1))(a, p)
+    value, grads = jax.value_and_grad(lambda a, p: info_nce(a, p, chunk_size=chunk), argnums=(0, 1))(a, p)
     assert float(value) == 0.0  # one candidate, the positive: nothing to contrast
     assert all(np.all(np.isfinite(g)) and np.all(g == 0) for g in grads)
 

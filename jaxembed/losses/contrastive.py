@@ -26,22 +26,23 @@ from jaxembed.losses._checks import (
 __all__ = ["info_nce"]
 
 
-def _accumulate(carry, block, *, queries, labels, scale):
-    """Online logsumexp over one block of candidates, the positive column left out.
-
-    ``carry = (m, s)`` with ``m`` [M] a stop-gradient running max (initialised
-    with the positive logit) and ``s`` [M] ``= sum_{j != label} exp(z_j - m)``.
-    """
-    run_max, run_sum = carry
+def _masked_scores(queries, block, labels):
+    """``[M, K]`` scores ``q · c`` of one block of candidates; the row's own positive
+    column and padding columns are ``-inf``. ``block = (keys [K, D], column ids, valid)``."""
     keys, cols, valid = block
-    scores = scale * jnp.dot(queries, keys.T, precision=HIGHEST)
     keep = valid[None, :] & (cols[None, :] != labels[:, None])
-    scores = jnp.where(keep, scores, -jnp.inf)
+    return jnp.where(keep, jnp.dot(queries, keys.T, precision=HIGHEST), -jnp.inf)
+
+
+def _fold(carry, scores):
+    """One online-logsumexp step: ``carry = (m, s)`` with ``m`` [M] a stop-gradient
+    running max and ``s = Σ exp(z_j - m)`` over the columns folded so far. Rows whose
+    max is still ``-inf`` (nothing but masked columns) keep ``s = 0``."""
+    run_max, run_sum = carry
     new_max = jnp.maximum(run_max, jax.lax.stop_gradient(jnp.max(scores, axis=-1)))
-    run_sum = run_sum * jnp.exp(run_max - new_max) + jnp.sum(
-        jnp.exp(scores - new_max[:, None]), axis=-1
-    )
-    return (new_max, run_sum), None
+    safe = jnp.where(jnp.isfinite(new_max), new_max, 0.0)
+    decay = jnp.exp(jnp.where(jnp.isfinite(run_max), run_max - safe, -jnp.inf))
+    return new_max, run_sum * decay + jnp.sum(jnp.exp(scores - safe[:, None]), axis=-1)
 
 
 def _blocks(candidates, chunk):
@@ -56,12 +57,6 @@ def _blocks(candidates, chunk):
     )
 
 
-def _block_scores(queries, block, labels):
-    keys, cols, valid = block
-    keep = valid[None, :] & (cols[None, :] != labels[:, None])
-    return jnp.dot(queries, keys.T, precision=HIGHEST), keep
-
-
 @partial(jax.custom_vjp, nondiff_argnums=(3,))
 def _negatives_logsumexp(queries, candidates, labels, chunk):
     """``[M]``: ``log Σ_{j≠label_i} exp(q_i · c_j)``, streamed over blocks of ``chunk``
@@ -72,14 +67,7 @@ def _negatives_logsumexp(queries, candidates, labels, chunk):
 
 def _negatives_logsumexp_fwd(queries, candidates, labels, chunk):
     def step(carry, block):
-        run_max, run_sum = carry
-        scores, keep = _block_scores(queries, block, labels)
-        scores = jnp.where(keep, scores, -jnp.inf)
-        new_max = jnp.maximum(run_max, jnp.max(scores, axis=-1))
-        safe = jnp.where(jnp.isfinite(new_max), new_max, 0.0)
-        run_sum = run_sum * jnp.exp(jnp.where(jnp.isfinite(run_max), run_max - safe, -jnp.inf))
-        run_sum = run_sum + jnp.sum(jnp.exp(scores - safe[:, None]), axis=-1)
-        return (new_max, run_sum), None
+        return _fold(carry, _masked_scores(queries, block, labels)), None
 
     row = queries[:, 0]  # *_like keeps the rows' shard_map (varying) type for the carry
     init = (jnp.full_like(row, -jnp.inf), jnp.zeros_like(row))
@@ -95,9 +83,8 @@ def _negatives_logsumexp_bwd(chunk, res, g):
     g = jnp.where(finite, g, 0.0)
 
     def step(d_queries, block):
-        scores, keep = _block_scores(queries, block, labels)
-        # w_ij = g_i softmax_ij over the row's negatives
-        w = jnp.where(keep, g[:, None] * jnp.exp(jnp.where(keep, scores, 0.0) - lse_safe[:, None]), 0.0)
+        # w_ij = g_i softmax_ij over the row's negatives (masked columns: exp(-inf) = 0)
+        w = g[:, None] * jnp.exp(_masked_scores(queries, block, labels) - lse_safe[:, None])
         d_queries = d_queries + jnp.dot(w, block[0], precision=HIGHEST)
         return d_queries, jnp.dot(w.T, queries, precision=HIGHEST)
 
@@ -119,22 +106,25 @@ def _cross_entropy_rows(queries, candidates, positive_logit, labels, *, scale, c
     cancelling ``logsumexp - z⁺``; the expression does not depend on ``m``, so
     stopping its gradient is exact.
 
-    ``chunk_size=None`` handles all candidates as one block of scores. An
-    integer streams over blocks of ``chunk_size`` candidates (tail masked)
-    through :func:`_negatives_logsumexp`, whose custom VJP recomputes each
-    block in the backward pass: at most one [M, chunk_size] block of scores is
-    alive at a time and nothing of size [M, B/chunk_size] is saved.
+    ``chunk_size=None`` folds all candidates as one block of scores (plain
+    autodiff). An integer streams over blocks of ``chunk_size`` candidates
+    (tail masked) through :func:`_negatives_logsumexp`, whose custom VJP
+    recomputes each block in the backward pass: at most one [M, chunk_size]
+    block of scores is alive at a time and nothing of size [M, B/chunk_size]
+    is saved.
     """
+    queries = scale * queries
     if chunk_size is None:
-        step = partial(_accumulate, queries=queries, labels=labels, scale=scale)
-        init = (jax.lax.stop_gradient(positive_logit), jnp.zeros_like(positive_logit))
         n = candidates.shape[0]
-        (run_max, run_sum), _ = step(init, (candidates, jnp.arange(n), jnp.ones((n,), bool)))
-        return (run_max - positive_logit) + jnp.log1p(jnp.expm1(positive_logit - run_max) + run_sum)
-    chunk = check_positive_int(chunk_size, "chunk_size")
-    lse_neg = _negatives_logsumexp(scale * queries, candidates, labels, chunk)
-    m = jax.lax.stop_gradient(jnp.maximum(positive_logit, lse_neg))
-    return (m - positive_logit) + jnp.log1p(jnp.expm1(positive_logit - m) + jnp.exp(lse_neg - m))
+        scores = _masked_scores(queries, (candidates, jnp.arange(n), jnp.ones((n,), bool)), labels)
+        init = (jax.lax.stop_gradient(positive_logit), jnp.zeros_like(positive_logit))
+        m, s = _fold(init, scores)
+    else:
+        chunk = check_positive_int(chunk_size, "chunk_size")
+        lse_neg = _negatives_logsumexp(queries, candidates, labels, chunk)
+        m = jax.lax.stop_gradient(jnp.maximum(positive_logit, lse_neg))
+        s = jnp.exp(lse_neg - m)
+    return (m - positive_logit) + jnp.log1p(jnp.expm1(positive_logit - m) + s)
 
 
 def _gather(x, axis_name):
