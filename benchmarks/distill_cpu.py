@@ -64,9 +64,9 @@ from _sts_study import (  # noqa: E402
     SHORT,
     add_eval_arguments,
     add_model_argument,
+    csv_list,
+    log,
 )
-from _sts_study import csv_list as _csv  # noqa: E402
-from _sts_study import log as _log  # noqa: E402
 
 DEFAULT_PAIRS = REPO.parent / "shared" / "data" / "sts_raw" / "STSBenchmark" / "sts-train.csv"
 
@@ -218,7 +218,7 @@ def markdown_table(rows: list[dict], speed: dict, tasks) -> str:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    args.tasks = _csv(args.tasks)
+    args.tasks = csv_list(args.tasks)
     bad = [t for t in args.tasks if t not in ALL_TASKS]
     if bad or not args.tasks:
         raise ValueError(
@@ -250,7 +250,7 @@ def main(argv=None) -> int:
     with open(pairs_path, "w") as f:
         for a, b, y in zip(s1, s2, scores):
             f.write(json.dumps({"sent0": a, "sent1": b, "teacher": y}) + "\n")
-    _log(f"teacher scored {len(s1)} pairs in {time.perf_counter() - t0:.1f} s -> {pairs_path}")
+    log(f"teacher scored {len(s1)} pairs in {time.perf_counter() - t0:.1f} s -> {pairs_path}")
 
     cfg = TrainConfig(
         model=str(workdir / "student_init"),
@@ -278,7 +278,7 @@ def main(argv=None) -> int:
     )
     shutil.rmtree(workdir / "train", ignore_errors=True)  # never resume another run's checkpoint
     t0 = time.perf_counter()
-    summary = train(cfg, workdir / "train", echo=_log)
+    summary = train(cfg, workdir / "train", echo=log)
     train_s = time.perf_counter() - t0
     student = Encoder.from_pretrained(
         workdir / "train" / "export",

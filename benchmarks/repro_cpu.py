@@ -109,9 +109,9 @@ from _sts_study import (  # noqa: E402
     SHORT,
     add_eval_arguments,
     add_model_argument,
+    csv_list,
+    log,
 )
-from _sts_study import csv_list as _csv  # noqa: E402
-from _sts_study import log as _log  # noqa: E402
 
 DEFAULT_DATA = (
     REPO.parent / "shared" / "data" / "corpora" / "wiki1m" / "wiki1m_for_simcse.prefix.txt"
@@ -334,14 +334,14 @@ def calibrate(args, runs) -> dict:
         work = pathlib.Path(args.workdir) / "_calibration"
         shutil.rmtree(work, ignore_errors=True)
         t0 = time.perf_counter()
-        train(train_config(args, method, runs[0][1], 0, steps=n), work, echo=_log)
+        train(train_config(args, method, runs[0][1], 0, steps=n), work, echo=log)
         wall = time.perf_counter() - t0
         times = _step_times(work)
         step = statistics.median(times[1:])
         out["s_per_view_sentence"] = step / (args.batch_size * VIEWS[method])
         out["run_overhead_s"] = max(wall - step * n, 0.0)
         shutil.rmtree(work, ignore_errors=True)
-        _log(
+        log(
             f"calibration: {method} step {step:.2f} s (first step {times[0]:.2f} s), "
             f"run overhead {out['run_overhead_s']:.1f} s"
         )
@@ -356,7 +356,7 @@ def calibrate(args, runs) -> dict:
     rate = len(sample) / (time.perf_counter() - t0)
     out["eval_s"] = encoded / rate
     out["calibration_s"] = time.perf_counter() - t_all
-    _log(
+    log(
         f"calibration: {rate:.0f} sentences/s (warm) -> {out['eval_s']:.0f} s per "
         f"evaluation of {encoded} sentences ({out['calibration_s']:.0f} s spent calibrating)"
     )
@@ -406,7 +406,7 @@ def run_one(args, method: str, pooling: str, seed) -> dict:
         tag = hashlib.sha1(key.encode()).hexdigest()[:8]
         work = pathlib.Path(args.workdir) / "runs" / f"{method}_{pooling}_seed{seed}_{tag}"
         t0 = time.perf_counter()
-        summary = train(train_config(args, method, pooling, seed), work, echo=_log)
+        summary = train(train_config(args, method, pooling, seed), work, echo=log)
         row["train_s"] = time.perf_counter() - t0
         row["steps"] = int(summary["steps"])
         row["final_loss"] = _final_loss(work)
@@ -451,9 +451,9 @@ def markdown_table(rows: list[dict], tasks) -> str:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    args.poolings = _csv(args.poolings)
-    args.methods = _csv(args.methods)
-    args.tasks = _csv(args.tasks)
+    args.poolings = csv_list(args.poolings)
+    args.methods = csv_list(args.methods)
+    args.tasks = csv_list(args.tasks)
     bad = (
         [m for m in args.methods if m not in METHODS]
         + [p for p in args.poolings if p not in POOLINGS]
@@ -482,14 +482,14 @@ def main(argv=None) -> int:
     runs = plan_runs(args)
     done = load_results(results_path)
     todo = [r for r in runs if run_key(args, *r) not in done]
-    _log(f"{len(runs)} runs, {len(runs) - len(todo)} already in {results_path}")
+    log(f"{len(runs)} runs, {len(runs) - len(todo)} already in {results_path}")
 
     if todo and args.budget_minutes > 0:
         calib = calibrate(args, todo)
         budget = args.budget_minutes * 60 - calib["calibration_s"]
         estimate = estimate_seconds(todo, calib, steps=args.steps, batch_size=args.batch_size)
         fits = largest_steps(todo, calib, budget_s=budget, batch_size=args.batch_size)
-        _log(
+        log(
             f"estimate: {estimate / 60:.1f} min for {len(todo)} runs at {args.steps} steps "
             f"(budget left {budget / 60:.1f} min; at most {fits} steps fit)"
         )
@@ -509,11 +509,11 @@ def main(argv=None) -> int:
             return 0
         if estimate > budget:
             if not args.fit_budget or fits < 1:
-                _log(
+                log(
                     f"over budget: rerun with --steps {fits} (or --fit-budget, --budget-minutes 0)"
                 )
                 return 2
-            _log(f"--fit-budget: steps {args.steps} -> {fits}")
+            log(f"--fit-budget: steps {args.steps} -> {fits}")
             args.steps = fits
             done = load_results(results_path)
             todo = [r for r in runs if run_key(args, *r) not in done]
@@ -522,7 +522,7 @@ def main(argv=None) -> int:
         if results_path.stat().st_size and not results_path.read_bytes().endswith(b"\n"):
             out.write("\n")  # a line torn by a kill: start the next one on its own line
         for method, pooling, seed in todo:
-            _log(f"run {method} {pooling} seed {seed}")
+            log(f"run {method} {pooling} seed {seed}")
             row = run_one(args, method, pooling, seed)
             line = json.dumps(row)
             print(line, flush=True)
