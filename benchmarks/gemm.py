@@ -78,17 +78,16 @@ def worker(args) -> None:
     cases = shapes(args.tokens, args.hidden, args.intermediate)
     data = [(rng.standard_normal((m, k), np.float32), rng.standard_normal((k, n), np.float32))
             for _, m, k, n in cases]
+    flops = [2.0 * m * k * n for _, m, k, n in cases]
     mm = jax.jit(jnp.matmul)
     jax_rates = []
-    for a, b in data:  # the whole jax block first ...
+    for (a, b), f in zip(data, flops):  # the whole jax block first ...
         ja, jb = jnp.asarray(a), jnp.asarray(b)
-        jax_rates.append(_rates(lambda: mm(ja, jb).block_until_ready(), 2.0 * a.shape[0] * a.shape[1] * b.shape[1],
-                                args.repeats))
+        jax_rates.append(_rates(lambda: mm(ja, jb).block_until_ready(), f, args.repeats))
     torch_rates = []
-    for a, b in data:  # ... then the whole torch block
+    for (a, b), f in zip(data, flops):  # ... then the whole torch block
         ta, tb = torch.from_numpy(a), torch.from_numpy(b)
-        torch_rates.append(_rates(lambda: torch.mm(ta, tb), 2.0 * a.shape[0] * a.shape[1] * b.shape[1],
-                                  args.repeats))
+        torch_rates.append(_rates(lambda: torch.mm(ta, tb), f, args.repeats))
     for (name, m, k, n), (jb_, jm), (tb_, tm) in zip(cases, jax_rates, torch_rates):
         print(json.dumps({
             "benchmark": "gemm", "shape": name, "m": m, "k": k, "n": n,
