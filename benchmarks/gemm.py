@@ -128,7 +128,7 @@ def main(argv=None) -> int:
             if line.startswith("{"):
                 print(line, flush=True)
                 rows.append(json.loads(line))
-    print(f"\n| XLA_FLAGS | product | m x k x n | jax GFLOP/s | torch GFLOP/s | jax/torch |")
+    print("\n| XLA_FLAGS | product | m x k x n | jax GFLOP/s | torch GFLOP/s | jax/torch |")
     print("|---|---|---|---|---|---|")
     for r in rows:
         print(f"| `{r['xla_flags'] or 'default'}` | {r['shape']} | {r['m']}x{r['k']}x{r['n']} | "
