@@ -102,11 +102,10 @@ def initial_params(enc, objective, *, head_key: jax.Array) -> tuple[dict, dict |
 
 
 def build_train_step(enc, objective, tx: optax.GradientTransformation, schedule, mesh, *,
-                     seed: int = 0, head_key: jax.Array | None = None):
+                     seed: int = 0):
     """``(state, step)``: a fresh sharded ``TrainState`` and its compiled step, built as
-    the trainer builds them (heads from ``head_key``, default ``PRNGKey(seed + 1)``)."""
-    key = jax.random.PRNGKey(seed + 1) if head_key is None else head_key
-    params, logical = initial_params(enc, objective, head_key=key)
+    the trainer builds them for ``seed`` (heads from ``PRNGKey(seed + 1)``)."""
+    params, logical = initial_params(enc, objective, head_key=jax.random.PRNGKey(seed + 1))
     shardings = state_shardings(params, tx, mesh, logical=logical, hidden_size=enc.hidden_size)
     state = create_state(params, tx, shardings, seed=seed)
     step = make_train_step(objective.loss, tx, schedule, shardings, mesh,
