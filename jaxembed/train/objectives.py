@@ -79,13 +79,15 @@ def dropout_key(key: jax.Array, impl: str) -> jax.Array:
     """The key the encoder draws its dropout masks from.
 
     ``threefry`` (JAX's default) gives the same masks whatever the sharding,
-    which the 8-vs-1-device and resume tests rely on. ``rbg``/``unsafe_rbg``
-    draw the bits with XLA's RngBitGenerator instead (deterministic for a
-    given key and sharding, not across shardings), the choice large JAX
-    trainers make on TPU. Measured here: on one H100, BERT-base SimCSE at
-    batch 128 (bf16) ran 101.1 ms/step with threefry and 101.2 ms with rbg,
-    so dropout bits are not what limits that step; on the 2-core CPU a tiny
-    model's step was 0.6-1.5x faster with rbg (noisy, shared machine).
+    which the 8-vs-1-device and resume tests rely on; the encoder's
+    :class:`jaxembed.models.dropout.Dropout` computes its bits fused into the
+    kernels that apply the masks. ``rbg``/``unsafe_rbg`` draw the bits with
+    XLA's RngBitGenerator instead (deterministic for a given key and sharding,
+    not across shardings), the choice large JAX trainers make on TPU.
+    Measured: on one H100, BERT-base SimCSE at batch 128 (bf16) ran 101.1
+    ms/step with (unfused) threefry and 101.2 ms with rbg; on the 2-core CPU
+    (MiniLM, batch 64 x 2 views) rbg's RngBitGenerator took ~360 ms of a
+    forward pass where the fused threefry bits take a few ms.
     ``auto`` keeps threefry on CPU and uses rbg on accelerators.
     """
     if impl == "auto":
