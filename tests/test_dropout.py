@@ -110,3 +110,16 @@ def test_encoder_uses_fused_dropout(rng):
     from jaxembed.models import transformer
 
     assert transformer.Dropout is Dropout
+
+
+def test_legacy_threefry_mode_falls_back(rng):
+    """With jax_threefry_partitionable off, jax draws other bits: the fused path
+    must step aside (threefry_bits refuses, Dropout still equals nn.Dropout)."""
+    x = jnp.asarray(rng.standard_normal((8, 32)), jnp.float32)
+    key = jax.random.PRNGKey(int(rng.integers(0, 2**31)))
+    with jax.threefry_partitionable(False):
+        with pytest.raises(ValueError, match="partitionable"):
+            threefry_bits(key, (8, 32))
+        ours = Dropout(0.2).apply({}, x, deterministic=False, rngs={"dropout": key})
+        ref = nn.Dropout(0.2).apply({}, x, deterministic=False, rngs={"dropout": key})
+    np.testing.assert_array_equal(np.asarray(ours), np.asarray(ref))

@@ -62,6 +62,11 @@ def _flat_index(shape: tuple[int, ...]) -> jax.Array:
     return index
 
 
+def _partitionable() -> bool:
+    # jax may retire the flag once partitionable counters are its only mode
+    return bool(getattr(jax.config, "jax_threefry_partitionable", True))
+
+
 def _threefry_key_words(key: jax.Array):
     """The two ``uint32`` key words of a threefry key, or ``None`` for any other key."""
     if jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key):
@@ -69,7 +74,7 @@ def _threefry_key_words(key: jax.Array):
             return None
         key = jax.random.key_data(key)
     elif not (key.shape == (2,) and key.dtype == jnp.uint32
-              and "threefry" in str(jax.config.jax_default_prng_impl)):
+              and "threefry" in str(getattr(jax.config, "jax_default_prng_impl", "threefry2x32"))):
         return None
     return key[0], key[1]
 
@@ -102,7 +107,7 @@ def threefry_bits(key: jax.Array, shape: Sequence[int]) -> jax.Array:
     if words is None:
         raise ValueError(f"threefry_bits needs a threefry key, got dtype {key.dtype}, "
                          f"shape {key.shape}")
-    if not jax.config.jax_threefry_partitionable:
+    if not _partitionable():
         raise ValueError("threefry_bits reproduces jax_threefry_partitionable=True only")
     if math.prod(shape) >= 2**32:
         raise ValueError(f"threefry_bits supports fewer than 2**32 elements, got shape {shape}")
@@ -111,8 +116,7 @@ def threefry_bits(key: jax.Array, shape: Sequence[int]) -> jax.Array:
 
 
 def _fusable(key: jax.Array, shape: tuple[int, ...]) -> bool:
-    return (_threefry_key_words(key) is not None and jax.config.jax_threefry_partitionable
-            and math.prod(shape) < 2**32)
+    return _threefry_key_words(key) is not None and _partitionable() and math.prod(shape) < 2**32
 
 
 def bernoulli_mask(key: jax.Array, keep_prob: float, shape: Sequence[int]) -> jax.Array:
