@@ -19,6 +19,8 @@ jaxembed/PyTorch in sentences/s. One JSON line per case; a table last.
 
     python benchmarks/gpu.py                       # H100/H200: ~5 minutes
     python benchmarks/gpu.py --model tiny --batch-sizes 16 --steps 3   # CPU smoke test
+
+``benchmarks/gpu.sh [bench|investigate|smoke]`` wraps it for a one-call device run.
 """
 
 from __future__ import annotations
@@ -193,7 +195,8 @@ def main(argv=None) -> int:
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--dtype", choices=["bfloat16", "float32"], default="bfloat16")
-    p.add_argument("--num-groups", type=int, default=128)
+    p.add_argument("--num-groups", type=int, default=None,
+                   help="whitening groups (default: groups of 6 channels, as the official 128 for BERT-base)")
     p.add_argument("--eps", type=float, default=1e-5, help="eigenvalue floor, same on both sides")
     p.add_argument("--matmul-n", type=int, default=8192)
     p.add_argument("--dropout-rng", default="rbg",
@@ -206,6 +209,11 @@ def main(argv=None) -> int:
     p.add_argument("--skip-torch", action="store_true")
     p.add_argument("--out", default=os.environ.get("OUT", ""), help="folder for results.jsonl")
     args = p.parse_args(argv)
+    hidden = MODELS[args.model]["hidden_size"]
+    if args.num_groups is None:
+        args.num_groups = hidden // 6
+    if args.num_groups <= 0 or hidden % args.num_groups:
+        p.error(f"--num-groups {args.num_groups} must divide the hidden size {hidden}")
 
     import jax
 

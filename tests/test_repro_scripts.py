@@ -206,3 +206,22 @@ def test_repro_and_distill_scripts_end_to_end(tiny_bert_dir, shared_data, tmp_pa
     want = teacher.apply(teacher.params, ids, mask, output_hidden_states=True).hidden_states[1]
     got = student.apply(student.params, ids, mask).last_hidden_state
     np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-5, atol=1e-5)
+
+
+def test_gpu_benchmark_runs_on_cpu(tmp_path, capsys):
+    """``benchmarks/gpu.py`` (what ``gpu.sh`` runs on a lent card) end to end on the
+    tiny model: both objectives, both sides, a finite loss, FLOPs from the formula,
+    and the whitening groups defaulting to 6 channels (hidden 96 -> 16 groups)."""
+    gpu = _load("gpu")
+    assert gpu.main(["--model", "tiny", "--batch-sizes", "8", "--steps", "1", "--warmup", "1",
+                     "--matmul-n", "128", "--dropout-rng", "threefry", "--out", str(tmp_path)]) == 0
+    rows = [r for r in _json_lines(capsys.readouterr().out) if r.get("bench") == "gpu_train_step"]
+    assert {r["objective"] for r in rows} == {"simcse_unsup", "whitenedcse"}
+    for r in rows:
+        assert r["jax_loss_finite"] and r["torch_loss_finite"]
+        assert r["jax_step_s"] > 0 and r["torch_step_s"] > 0
+    saved = _json_lines((tmp_path / "results.jsonl").read_text())
+    assert [r["objective"] for r in saved if r.get("bench") == "gpu_train_step"] == \
+        [r["objective"] for r in rows]
+    with pytest.raises(SystemExit):
+        gpu.main(["--model", "tiny", "--num-groups", "7"])
