@@ -179,7 +179,7 @@ def torch_case(model: str, objective: str, ids, mask, args):
         losses.append(float(loss))  # .item() synchronises
 
     first, t = median_time(lambda: step(t_ids, t_mask), sync, warmup=args.warmup, steps=args.steps)
-    del step, net
+    step = net = None  # free the card before empty_cache
     if device == "cuda":
         torch.cuda.empty_cache()
     return {"compile_s": first, "step_s": t, "loss_last": losses[-1],
