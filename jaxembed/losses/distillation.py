@@ -5,7 +5,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from jaxembed.losses._checks import as_float32, check_ndim, check_same_shape
+from jaxembed.losses._checks import as_float32, check_same_shape
 
 __all__ = ["pair_features", "distill_mse"]
 
