@@ -1,7 +1,8 @@
 """Flax BERT-family encoders with Hugging Face weight I/O.
 
 ``config`` (EncoderConfig), ``transformer`` (linen modules), ``pooling``,
-``heads`` (ProjectionHead, PairScoreHead), ``weights`` (HF <-> Flax params,
+``heads`` (ProjectionHead, PairScoreHead), ``dropout`` (``nn.Dropout``'s masks
+with fused random bits), ``weights`` (HF <-> Flax params,
 safetensors I/O), ``st_format`` (sentence-transformers folders), ``hub``,
 ``buckets`` (shape bucketing) and ``encoder`` (the ``Encoder`` API).
 Heavy imports happen on first attribute access.
@@ -13,6 +14,7 @@ _LAZY = {
     "TransformerEncoder": ("jaxembed.models.transformer", "TransformerEncoder"),
     "EncoderOutput": ("jaxembed.models.transformer", "EncoderOutput"),
     "pool": ("jaxembed.models.pooling", "pool"),
+    "Dropout": ("jaxembed.models.dropout", "Dropout"),
     "ProjectionHead": ("jaxembed.models.heads", "ProjectionHead"),
     "PairScoreHead": ("jaxembed.models.heads", "PairScoreHead"),
 }
