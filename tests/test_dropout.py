@@ -123,3 +123,18 @@ def test_legacy_threefry_mode_falls_back(rng):
         ours = Dropout(0.2).apply({}, x, deterministic=False, rngs={"dropout": key})
         ref = nn.Dropout(0.2).apply({}, x, deterministic=False, rngs={"dropout": key})
     np.testing.assert_array_equal(np.asarray(ours), np.asarray(ref))
+
+
+def test_dropout_vmapped_over_keys(rng):
+    """One mask per key under vmap (e.g. an ensemble of dropout views), as nn.Dropout."""
+    x = jnp.asarray(rng.standard_normal((6, 40)), jnp.float32)
+    keys = jax.random.split(jax.random.PRNGKey(int(rng.integers(0, 2**31))), 5)
+
+    def views(module):
+        one = lambda k: module.apply({}, x, deterministic=False, rngs={"dropout": k})  # noqa: E731
+        return jax.jit(jax.vmap(one))(keys)
+
+    ours, ref = views(Dropout(0.25)), views(nn.Dropout(0.25))
+    assert ours.shape == (5, 6, 40)
+    np.testing.assert_array_equal(np.asarray(ours), np.asarray(ref))
+    assert not np.array_equal(np.asarray(ours[0] == 0), np.asarray(ours[1] == 0))
