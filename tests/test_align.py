@@ -249,6 +249,10 @@ def test_induce_dictionary_modes_match_numpy(rng, mode):
     """NN retrieval, rank window smaller than both sides: every mode against a float64 brute force."""
     x = rng.normal(size=(40, 6))
     y = rng.normal(size=(35, 6))
+    # plant 8 near-translations inside the rank window, so that the mutual (&) mode
+    # is never vacuous (with purely random spaces it was empty for some seeds)
+    src, tgt = rng.permutation(15)[:8], rng.permutation(15)[:8]
+    y[tgt] = x[src] + 0.05 * rng.normal(size=(8, 6))
     rank = int(rng.integers(15, 30))
     xn = x / np.linalg.norm(x, axis=1, keepdims=True)
     yn = y / np.linalg.norm(y, axis=1, keepdims=True)

@@ -127,7 +127,10 @@ def test_info_nce_traced_temperature_gradient(rng):
     ta, tp = torch.tensor(a, dtype=torch.float64), torch.tensor(p, dtype=torch.float64)
     t = torch.tensor(0.07, dtype=torch.float64, requires_grad=True)
     torch_info_nce(ta, tp, temperature=t).backward()
-    assert rel_err(g, t.grad.item()) <= 1e-5
+    # dL/dt sums O(1/t^2) terms that largely cancel, so float32 loses more here than
+    # in the loss: over 300 seeds the relative error had median 1e-6, p99 4e-5 and
+    # max 7.5e-5 (1e-5 failed 6 % of draws); a wrong term or factor is off by >= 1e-2.
+    assert rel_err(g, t.grad.item()) <= 2e-4
 
 
 @pytest.mark.parametrize(
