@@ -84,6 +84,23 @@ def _threefry_key_words(key: jax.Array):
     return key[0], key[1]
 
 
+def _unfusable(key: jax.Array, shape: tuple[int, ...]) -> str | None:
+    """Why the straight-line hash would not reproduce ``jax.random`` here, or ``None``."""
+    if _threefry_key_words(key) is None:
+        return f"needs a threefry key, got dtype {key.dtype}, shape {key.shape}"
+    if not _partitionable():
+        return "reproduces jax_threefry_partitionable=True only"
+    if math.prod(shape) >= 2**32:
+        return f"supports fewer than 2**32 elements, got shape {shape}"
+    return None
+
+
+def _bits(key: jax.Array, shape: tuple[int, ...]) -> jax.Array:
+    k0, k1 = _threefry_key_words(key)
+    b0, b1 = _threefry2x32(k0, k1, jnp.zeros(shape, jnp.uint32), _flat_index(shape))
+    return b0 ^ b1
+
+
 def threefry_bits(key: jax.Array, shape: Sequence[int]) -> jax.Array:
     """``uint32`` random bits of ``shape``, equal to ``jax.random.bits(key, shape, jnp.uint32)``.
 
@@ -108,20 +125,10 @@ def threefry_bits(key: jax.Array, shape: Sequence[int]) -> jax.Array:
       True
     """
     shape = tuple(int(d) for d in shape)
-    words = _threefry_key_words(key)
-    if words is None:
-        raise ValueError(f"threefry_bits needs a threefry key, got dtype {key.dtype}, "
-                         f"shape {key.shape}")
-    if not _partitionable():
-        raise ValueError("threefry_bits reproduces jax_threefry_partitionable=True only")
-    if math.prod(shape) >= 2**32:
-        raise ValueError(f"threefry_bits supports fewer than 2**32 elements, got shape {shape}")
-    b0, b1 = _threefry2x32(words[0], words[1], jnp.zeros(shape, jnp.uint32), _flat_index(shape))
-    return b0 ^ b1
-
-
-def _fusable(key: jax.Array, shape: tuple[int, ...]) -> bool:
-    return _threefry_key_words(key) is not None and _partitionable() and math.prod(shape) < 2**32
+    problem = _unfusable(key, shape)
+    if problem:
+        raise ValueError(f"threefry_bits {problem}")
+    return _bits(key, shape)
 
 
 def bernoulli_mask(key: jax.Array, keep_prob: float, shape: Sequence[int]) -> jax.Array:
@@ -132,10 +139,10 @@ def bernoulli_mask(key: jax.Array, keep_prob: float, shape: Sequence[int]) -> ja
     float32, as ``bernoulli`` compares it.
     """
     shape = tuple(int(d) for d in shape)
-    if not _fusable(key, shape):
+    if _unfusable(key, shape):
         return jax.random.bernoulli(key, keep_prob, shape)
     threshold = math.ceil(float(np.float32(keep_prob)) * 2**23)
-    return (threefry_bits(key, shape) >> np.uint32(9)) < np.uint32(threshold)
+    return (_bits(key, shape) >> np.uint32(9)) < np.uint32(threshold)
 
 
 class Dropout(nn.Module):
