@@ -233,7 +233,10 @@ def main(argv=None) -> int:
         args.skip_torch = True
     print(json.dumps({"bench": "gpu_header", **header}), flush=True)
 
-    out_file = pathlib.Path(args.out) / "results.jsonl" if args.out else None
+    out_file = None
+    if args.out:
+        pathlib.Path(args.out).mkdir(parents=True, exist_ok=True)
+        out_file = pathlib.Path(args.out) / "results.jsonl"
     rng = np.random.default_rng(0)
     cfg = MODELS[args.model]
     batches = {int(b): make_batch(rng, int(b), args.seq_len) for b in args.batch_sizes.split(",")}

@@ -38,10 +38,8 @@ case "$mode" in
         no_triton_gemm) flags="--xla_gpu_enable_triton_gemm=false" ;;
         autotune0) flags="--xla_gpu_autotune_level=0" ;;
       esac
-      mkdir -p "$OUT/$variant"
       XLA_FLAGS="$flags" "$PY" benchmarks/gpu.py $one --breakdown --out "$OUT/$variant"
     done
-    mkdir -p "$OUT/dropout_bits"
     "$PY" benchmarks/gpu.py $one --dropout-rng threefry,rbg --out "$OUT/dropout_bits"
     "$PY" benchmarks/gpu.py $one --profile "$OUT/profile" --out "$OUT/profile"
     ;;
