@@ -26,6 +26,22 @@ def np_info_nce(a, p, n=None, *, temperature=0.05, similarity="cosine"):
     )  # log(1 + sum_{j != i} ...), exact for tiny losses
 
 
+
+def info_nce_temperature_grad_scale(a, p, n=None, *, temperature):
+    """The size of the terms that dL/dtau sums, in float64 (cosine scores).
+
+    dL/dtau = mean_i (sum_j p_ij s_ij - s_ii) / tau^2 cancels, often to near zero, so
+    float32's error in it tracks this scale, not |dL/dtau|: compare against it.
+    """
+    a = np_normalize(np.asarray(a, np.float64))
+    cands = np.asarray(p, np.float64) if n is None else np.concatenate([p, n], 0).astype(np.float64)
+    s = a @ np_normalize(cands).T
+    z = s / temperature
+    prob = np.exp(z - z.max(1, keepdims=True))
+    prob /= prob.sum(1, keepdims=True)
+    rows = np.arange(len(a))
+    return float(np.mean(np.abs(s[rows, rows]) + (prob * np.abs(s)).sum(1)) / temperature**2)
+
 def np_group_whitening(x, num_groups, eps=0.0):
     x = np.asarray(x, np.float64)
     b, d = x.shape
