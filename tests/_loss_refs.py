@@ -26,7 +26,6 @@ def np_info_nce(a, p, n=None, *, temperature=0.05, similarity="cosine"):
     )  # log(1 + sum_{j != i} ...), exact for tiny losses
 
 
-
 def info_nce_temperature_grad_scale(a, p, n=None, *, temperature):
     """The size of the terms that dL/dtau sums, in float64 (cosine scores).
 
@@ -41,6 +40,7 @@ def info_nce_temperature_grad_scale(a, p, n=None, *, temperature):
     prob /= prob.sum(1, keepdims=True)
     rows = np.arange(len(a))
     return float(np.mean(np.abs(s[rows, rows]) + (prob * np.abs(s)).sum(1)) / temperature**2)
+
 
 def np_group_whitening(x, num_groups, eps=0.0):
     x = np.asarray(x, np.float64)

@@ -104,7 +104,7 @@ def test_dropout_sharded_equals_single_device(rng):
     np.testing.assert_array_equal(np.asarray(sharded), np.asarray(single))
 
 
-def test_encoder_uses_fused_dropout(rng):
+def test_encoder_uses_fused_dropout():
     """The transformer's dropouts are this module's (a change back to nn.Dropout
     would still pass every equality test above, and lose the speed)."""
     from jaxembed.models import transformer

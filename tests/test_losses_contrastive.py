@@ -4,7 +4,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-import torch
 from _loss_refs import (
     info_nce_temperature_grad_scale,
     np_info_nce,
@@ -88,13 +87,14 @@ def test_chunked_info_nce_temperature_gradient(rng):
     tau = float(rng.uniform(0.05, 0.5))
     plain = jax.grad(lambda t: info_nce(a, p, n, temperature=t))(tau)
     chunked = jax.grad(lambda t: info_nce(a, p, n, temperature=t, chunk_size=3))(tau)
-    want = _torch_temperature_grad(a, p, n, temperature=tau)
+    loss64 = lambda a, p, n, t: torch_info_nce(a, p, n, temperature=t)  # noqa: E731
+    *_, want = torch_grad(loss64, a, p, n, tau)
     scale = info_nce_temperature_grad_scale(a, p, n, temperature=tau)
     # Errors are measured against the size of the cancelling terms (see the helper):
     # over 1,000 seeds, |chunked - plain| / scale <= 1.5e-7 and |chunked - f64| / scale
     # <= 2.1e-7, while rel_err reached 4e-4 when dL/dtau cancelled to near zero.
     assert abs(float(chunked) - float(plain)) <= 2e-6 * scale
-    assert abs(float(chunked) - want) <= 2e-6 * scale
+    assert abs(float(chunked) - float(want)) <= 2e-6 * scale
 
 
 @pytest.mark.parametrize("chunk", [None, 4])
@@ -133,21 +133,15 @@ def test_info_nce_bfloat16_and_vmap(rng):
     assert rel_err(stacked, [np_info_nce(a, p), np_info_nce(n, p)]) <= 1e-5
 
 
-def _torch_temperature_grad(a, p, n=None, *, temperature):
-    ts = [torch.tensor(x, dtype=torch.float64) for x in (a, p) + (() if n is None else (n,))]
-    t = torch.tensor(temperature, dtype=torch.float64, requires_grad=True)
-    torch_info_nce(*ts, temperature=t).backward()
-    return t.grad.item()
-
-
 def test_info_nce_traced_temperature_gradient(rng):
     a, p, _ = _triplet(rng)
     g = jax.grad(lambda t: info_nce(a, p, temperature=t))(0.07)
-    want = _torch_temperature_grad(a, p, temperature=0.07)
+    *_, want = torch_grad(lambda a, p, t: torch_info_nce(a, p, temperature=t), a, p, 0.07)
     # dL/dtau sums O(1/tau^2) terms that largely cancel, so its float32 error scales with
     # those terms, not with |dL/dtau| (rel_err reached 7.5e-5 over 300 seeds); a wrong
     # term or factor is off by a sizeable fraction of the scale.
-    assert abs(float(g) - want) <= 2e-6 * info_nce_temperature_grad_scale(a, p, temperature=0.07)
+    scale = info_nce_temperature_grad_scale(a, p, temperature=0.07)
+    assert abs(float(g) - float(want)) <= 2e-6 * scale
 
 
 @pytest.mark.parametrize(
