@@ -8,8 +8,8 @@
   that "London" (more frequent, earlier) and not "london" is the vector of
   the dictionary's "london"; an all-zero vector gets 0.01 as its first value
   (MUSE's guard against null embeddings); ``max_vocab`` counts distinct
-  (lower-cased) words. ``lowercase=False`` keeps the case (MUSE's
-  ``full_vocab`` reading, used for its export). Lines are split on ``\\n``
+  (lower-cased) words. ``lowercase=False`` keeps the case, as MUSE's
+  ``full_vocab`` reading for its export does (``max_vocab`` still applies). Lines are split on ``\\n``
   only (fastText vocabularies contain U+2028 and other characters that
   ``str.splitlines`` would treat as breaks).
 * Dictionaries (MUSE's ``load_dictionary``): ``src tgt`` per line, split on
