@@ -117,6 +117,26 @@ def read_sts_subset(input_path, gold_path) -> tuple[list[str], list[str], np.nda
     return s1, s2, np.asarray(gold, dtype=np.float64)
 
 
+def _scored_pairs(rows, path, *, score: int, first: int, min_columns: int):
+    """``(s1, s2, gold)`` from ``(line number, columns)`` rows, blank rows skipped.
+
+    Column ``score`` is the gold score, columns ``first`` and ``first + 1`` the sentences.
+    """
+    s1, s2, gold = [], [], []
+    for lineno, row in rows:
+        if not any(c.strip() for c in row):
+            continue
+        if len(row) < min_columns:
+            raise ValueError(
+                f"{path}:{lineno}: expected at least {min_columns} tab-separated columns, "
+                f"got {len(row)}"
+            )
+        gold.append(_gold(row[score], f"{path}:{lineno}"))
+        s1.append(_clean(row[first]))
+        s2.append(_clean(row[first + 1]))
+    return s1, s2, np.asarray(gold, dtype=np.float64)
+
+
 def read_stsb(path) -> tuple[list[str], list[str], np.ndarray]:
     """Read one STS Benchmark csv file (``sts-train.csv``, ``sts-dev.csv`` or ``sts-test.csv``).
 
@@ -133,21 +153,9 @@ def read_stsb(path) -> tuple[list[str], list[str], np.ndarray]:
         >>> len(s1), y[:2]  # doctest: +SKIP
         (1500, array([5. , 4.75]))
     """
-    s1, s2, gold = [], [], []
-    text = io.StringIO(read_utf8(path), newline="")
-    for lineno, row in enumerate(
-        csv.reader(text, delimiter="\t", quoting=csv.QUOTE_NONE), start=1
-    ):
-        if not row or not any(c.strip() for c in row):
-            continue
-        if len(row) < 7:
-            raise ValueError(
-                f"{path}:{lineno}: expected at least 7 tab-separated columns, got {len(row)}"
-            )
-        gold.append(_gold(row[4], f"{path}:{lineno}"))
-        s1.append(_clean(row[5]))
-        s2.append(_clean(row[6]))
-    return s1, s2, np.asarray(gold, dtype=np.float64)
+    rows = csv.reader(io.StringIO(read_utf8(path), newline=""), delimiter="\t",
+                      quoting=csv.QUOTE_NONE)
+    return _scored_pairs(enumerate(rows, start=1), path, score=4, first=5, min_columns=7)
 
 
 def read_sick(path) -> tuple[list[str], list[str], np.ndarray]:
@@ -157,19 +165,8 @@ def read_sick(path) -> tuple[list[str], list[str], np.ndarray]:
         ``(s1, s2, scores)`` with relatedness scores (1-5) as float64 [n].
     """
     lines = _read_lines(pathlib.Path(path))
-    s1, s2, gold = [], [], []
-    for lineno, line in enumerate(lines[1:], start=2):
-        if not line.strip():
-            continue
-        cols = line.split("\t")
-        if len(cols) < 4:
-            raise ValueError(
-                f"{path}:{lineno}: expected at least 4 tab-separated columns, got {len(cols)}"
-            )
-        gold.append(_gold(cols[3], f"{path}:{lineno}"))
-        s1.append(_clean(cols[1]))
-        s2.append(_clean(cols[2]))
-    return s1, s2, np.asarray(gold, dtype=np.float64)
+    rows = ((lineno, line.split("\t")) for lineno, line in enumerate(lines[1:], start=2))
+    return _scored_pairs(rows, path, score=3, first=1, min_columns=4)
 
 
 def _find_dir(data_dir: pathlib.Path, *relatives: str) -> pathlib.Path:
