@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 
 import jax
 import jax.numpy as jnp
@@ -302,15 +303,33 @@ def test_read_vec_malformed_duplicates_utf8(tmp_path, rng):
 
 def test_read_dictionary_space_or_tab(tmp_path):
     p = tmp_path / "d.txt"
-    p.write_text("dog\tබල්ලා\ncat පූසා\n\nbroken\nthree fields here\ndog බල්ලා\n", encoding="utf-8")
-    pairs = read_dictionary(p)
+    p.write_text("dog\tබල්ලා\nCat පූසා\n\nbroken\ndog බල්ලා\n", encoding="utf-8")
+    with pytest.warns(UserWarning, match=r"d\.txt:4: one field 'broken'"):
+        pairs = read_dictionary(p)
     assert pairs == [("dog", "බල්ලා"), ("cat", "පූසා"), ("dog", "බල්ලා")]
-    ids = dictionary_ids(pairs + [("cow", "x")], {"dog": 0, "cat": 1}, {"බල්ලා": 5, "පූසා": 2})
-    assert (
-        ids.pairs.tolist() == [[0, 5], [1, 2], [0, 5]]
-        and ids.n_src_found == 2
-        and ids.n_src_total == 3
+    with pytest.warns(UserWarning, match="one field"):
+        assert read_dictionary(p, lowercase=False)[1] == ("Cat", "පූසා")
+    ids = dictionary_ids(
+        pairs + [("cow", "x"), ("cat", "y")], {"dog": 1, "cat": 0}, {"බල්ලා": 5, "පූසා": 2}
     )
+    # as MUSE: sorted by source frequency rank (stable), pairs with an unknown word counted
+    assert ids.pairs.tolist() == [[0, 2], [1, 5], [1, 5]]
+    assert (ids.n_src_found, ids.n_src_total) == (2, 3)
+    assert (ids.n_missing, ids.n_missing_src, ids.n_missing_tgt) == (2, 1, 2)
+
+
+def test_read_dictionary_bad_lines_name_file_and_line(tmp_path):
+    from jaxembed.data.textfile import NotUtf8Error
+
+    (tmp_path / "three.txt").write_text("a b\nthree fields here\n", encoding="utf-8")
+    with pytest.raises(ValueError, match=r"three\.txt:2: 3 fields 'three fields here'"):
+        read_dictionary(tmp_path / "three.txt")
+    (tmp_path / "latin.txt").write_bytes("dog chien\ncafé kaffee\n".encode("latin-1"))
+    with pytest.raises(NotUtf8Error, match=r"latin\.txt:2 is not UTF-8.*iconv"):
+        read_dictionary(tmp_path / "latin.txt")
+    (tmp_path / "u16.txt").write_bytes("dog chien\n".encode("utf-16"))
+    with pytest.raises(NotUtf8Error, match="UTF-16LE byte-order mark"):
+        read_dictionary(tmp_path / "u16.txt")
 
 
 def test_normalize_chain(rng):
@@ -384,3 +403,172 @@ def test_cli_end_to_end_json(tmp_path, rng, en_si, shared_data, capsys):
     assert mapped.words == en and mapped.vectors.shape == x.shape
     # the mapped space is the normalised source rotated: norms preserved (= 1 after renorm)
     np.testing.assert_allclose(np.linalg.norm(mapped.vectors, axis=1), 1, atol=1e-5)
+
+
+# ------------------------------------------------- MUSE's .vec rules and bad input
+
+
+def _vec_line(word, vec):
+    return word + " " + " ".join(repr(float(a)) for a in vec)
+
+
+def test_read_vec_follows_muse_casing_zero_and_max_vocab_rules(tmp_path, rng):
+    v = rng.normal(size=(6, 3))
+    lines = ["7 3", _vec_line("London", v[0]), _vec_line("the", v[1]), _vec_line("london", v[2]),
+             _vec_line("The", v[3]), _vec_line("NULL", np.zeros(3)), _vec_line("paris", v[5]),
+             _vec_line("LONDON", v[4])]
+    path = tmp_path / "cased.vec"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    wv = read_vec(path)
+    # lower-cased, the first occurrence of each lower-cased word kept
+    assert wv.words == ["london", "the", "null", "paris"] and wv.n_duplicates == 3
+    np.testing.assert_array_equal(wv.vectors[[0, 1, 3]], v[[0, 1, 5]].astype(np.float32))
+    # MUSE: an all-zero vector gets 0.01 as its first value
+    np.testing.assert_array_equal(wv.vectors[2], np.float32([0.01, 0, 0]))
+    assert wv.n_zero == 1 and wv.n_malformed == 0
+    # max_vocab counts distinct lower-cased words (MUSE stops at len(word2id) >= max_vocab)
+    assert read_vec(path, max_vocab=2).words == ["london", "the"]
+    kept = read_vec(path, lowercase=False)
+    assert kept.words == ["London", "the", "london", "The", "NULL", "paris", "LONDON"]
+    assert kept.n_duplicates == 0 and kept.word2id["london"] == 2
+
+
+def test_read_vec_header_dimension_that_misparses_every_line_is_refused(tmp_path, rng):
+    rows = [_vec_line(f"w{i}", rng.normal(size=5)) for i in range(4)]
+    (tmp_path / "small.vec").write_text("\n".join(["4 3", *rows]) + "\n")
+    with pytest.raises(ValueError, match=r"4 of 4 lines are malformed.*small\.vec:2: 5 values, "
+                                         r"expected 3 \(the header's dimension\)"):
+        read_vec(tmp_path / "small.vec")
+    (tmp_path / "big.vec").write_text("\n".join(["4 8", *rows]) + "\n")
+    with pytest.raises(ValueError, match=r"big\.vec:2: 5 values, expected 8"):
+        read_vec(tmp_path / "big.vec")
+    (tmp_path / "u16.vec").write_bytes("\n".join(["4 5", *rows]).encode("utf-16"))
+    with pytest.raises(ValueError, match="UTF-16LE byte-order mark"):
+        read_vec(tmp_path / "u16.vec")
+
+
+def test_read_vec_values_that_overflow_float32_arithmetic(tmp_path, rng):
+    """Norms ~1e38 used to pass as finite float32 and turn into inf/NaN later (P@1 0.00)."""
+    good = [_vec_line(f"w{i}", rng.normal(size=4)) for i in range(5)]
+    huge = _vec_line("huge", np.full(4, 1e38))
+    (tmp_path / "one.vec").write_text("\n".join(good[:2] + [huge] + good[2:]) + "\n")
+    wv = read_vec(tmp_path / "one.vec")
+    assert "huge" not in wv.word2id and wv.n_malformed == 1 and len(wv) == 5
+    assert wv.problems[0].startswith(f"{tmp_path / 'one.vec'}:3: vector norm 2e+38 is above")
+    assert np.isfinite(np.sum(wv.vectors.astype(np.float32) ** 2))
+    (tmp_path / "all.vec").write_text(
+        "\n".join(_vec_line(f"w{i}", 1e38 * rng.normal(size=4)) for i in range(5)) + "\n")
+    with pytest.raises(ValueError, match=r"5 of 5 lines are malformed.*all\.vec:1: vector norm"):
+        read_vec(tmp_path / "all.vec")
+
+
+def _align_cli(argv):
+    from jaxembed.align import cli
+
+    parser = argparse.ArgumentParser()
+    cli.add_arguments(parser)
+    return cli.run(parser.parse_args(argv))
+
+
+def test_cli_muse_casing_on_cased_vec_with_lowercase_dictionary(tmp_path, rng, capsys):
+    """Hand-made cased source .vec and lower-case dictionaries; the expected P@1 follows from
+    MUSE's rules by construction (lower-case, first occurrence wins), not from jaxembed.
+
+    Every test word w{i} has a correct vector a_i (its translation's vector before the
+    rotation) and possibly a decoy a_{i+1}, which retrieves the next word's translation:
+      G1: only "wI" (correct)                 MUSE hit   keep-case hit
+      G2: "WI" (correct) before "wI" (decoy)  MUSE hit   keep-case miss
+      G3: "wI" (decoy) before "WI" (correct)  MUSE miss  keep-case miss
+      G4: only "WI" (correct)                 MUSE hit   keep-case: not a query
+    """
+    d, n, per = 32, 20, 5
+    r = random_rotation(rng, d)
+    a = rng.normal(size=(n, d))
+    a /= np.linalg.norm(a, axis=1, keepdims=True)
+    train_src = [f"s{k}" for k in range(d)]
+    tgt_lines = [_vec_line(f"t{k}", r[k]) for k in range(d)]  # e_k @ R: Procrustes gives R
+    tgt_lines += [_vec_line(f"x{i}", a[i] @ r) for i in range(n)]
+    src_lines = [_vec_line(w, np.eye(d)[k]) for k, w in enumerate(train_src)]
+    groups = {"G1": [], "G2": [], "G3": [], "G4": []}
+    for i in range(n):
+        group = f"G{i // per + 1}"
+        groups[group].append(i)
+        right, decoy = _vec_line(f"W{i}", a[i]), _vec_line(f"w{i}", a[(i + 1) % n])
+        src_lines += {"G1": [_vec_line(f"w{i}", a[i])], "G2": [right, decoy],
+                      "G3": [decoy, right], "G4": [right]}[group]
+    for name, lines in (("src.vec", src_lines), ("tgt.vec", tgt_lines)):
+        (tmp_path / name).write_text(f"{len(lines)} {d}\n" + "\n".join(lines) + "\n")
+    (tmp_path / "train.txt").write_text("".join(f"s{k} t{k}\n" for k in range(d)))
+    (tmp_path / "test.txt").write_text("".join(f"w{i} x{i}\n" for i in range(n)))
+    argv = ["--src-emb", str(tmp_path / "src.vec"), "--tgt-emb", str(tmp_path / "tgt.vec"),
+            "--train-dict", str(tmp_path / "train.txt"), "--test-dict", str(tmp_path / "test.txt"),
+            "--retrieval", "nn", "--max-vocab", "0", "--json"]
+
+    assert _align_cli(argv) == 0
+    out = capsys.readouterr().out.splitlines()
+    muse = json.loads(out[-1])
+    hits = len(groups["G1"]) + len(groups["G2"]) + len(groups["G4"])
+    assert muse["n_queries"] == n and muse["precision_at_1"] == pytest.approx(100 * hits / n)
+    assert "source: 52 words" in out[0] and "10 duplicate words skipped" in out[0]
+
+    assert _align_cli(argv + ["--keep-case"]) == 0
+    kept = json.loads(capsys.readouterr().out.splitlines()[-1])
+    queries = n - len(groups["G4"])
+    assert kept["n_queries"] == queries
+    assert kept["precision_at_1"] == pytest.approx(100 * len(groups["G1"]) / queries)
+
+
+
+def test_identical_char_ids_pairs_shared_words_by_source_rank():
+    from jaxembed.align import identical_char_ids
+
+    ids = identical_char_ids({"the": 0, "paris": 1, "x": 2, "london": 3},
+                             {"london": 0, "y": 1, "paris": 5})
+    assert ids.pairs.tolist() == [[1, 5], [3, 0]] and ids.n_src_found == ids.n_src_total == 2
+    with pytest.raises(ValueError, match="no word is spelled the same"):
+        identical_char_ids({"a": 0}, {"b": 0})
+
+
+def test_cli_bad_inputs_exit_2_naming_file_and_line(tmp_path, rng, capsys):
+    rows = [_vec_line(f"w{i}", rng.normal(size=4)) for i in range(12)]
+    (tmp_path / "e.vec").write_text("\n".join(["12 4", *rows]) + "\n")
+    (tmp_path / "small.vec").write_text("\n".join(["12 2", *rows]) + "\n")
+    (tmp_path / "huge.vec").write_text(
+        "\n".join(_vec_line(f"w{i}", np.full(4, 1e38)) for i in range(12)) + "\n")
+    (tmp_path / "few.vec").write_text("\n".join(rows[:6]) + "\n")
+    (tmp_path / "d.txt").write_text("w0 w0\nw1 w1\n")
+    (tmp_path / "three.txt").write_text("w0 w0\nw1 w1 extra\n")
+    (tmp_path / "latin.txt").write_bytes("w0 w0\nw1 caf\xe9\n".encode("latin-1"))
+
+    def run(src="e.vec", train="d.txt", test="d.txt"):
+        train = train if train == "identical_char" else str(tmp_path / train)
+        rc = _align_cli(["--src-emb", str(tmp_path / src), "--tgt-emb", str(tmp_path / "e.vec"),
+                         "--train-dict", train, "--test-dict",
+                         str(tmp_path / test), "--retrieval", "nn"])
+        return rc, capsys.readouterr().err
+
+    assert run()[0] == 0 and run(train="identical_char")[0] == 0
+    for kwargs, message in (
+        (dict(test="latin.txt"), r"latin\.txt:2 is not UTF-8"),
+        (dict(train="three.txt"), r"three\.txt:2: 3 fields"),
+        (dict(src="small.vec"), r"small\.vec:2: 4 values, expected 2"),
+        (dict(src="huge.vec"), r"huge\.vec:1: vector norm 2e\+38 is above"),
+        (dict(src="few.vec"), r"too few words \(source 6\); P@10 and --knn 10 need at least 10"),
+    ):
+        rc, err = run(**kwargs)
+        assert rc == 2 and err.startswith("error: "), err
+        assert re.search(message, err), err
+
+
+@pytest.mark.parametrize("flag, value", [("--knn", "0"), ("--max-vocab", "-1"), ("--refine", "-1"),
+                                         ("--max-rank", "-5"), ("--key-block", "0")])
+def test_cli_rejects_bad_numbers_with_argparse_messages(flag, value, capsys):
+    from jaxembed.align import cli
+
+    parser = argparse.ArgumentParser()
+    cli.add_arguments(parser)
+    with pytest.raises(SystemExit) as e:
+        parser.parse_args(["--src-emb", "a", "--tgt-emb", "b", "--train-dict", "c",
+                           "--test-dict", "d", flag, value])
+    assert e.value.code == 2
+    assert f"argument {flag}: must be an integer >=" in capsys.readouterr().err

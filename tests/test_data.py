@@ -130,3 +130,35 @@ def test_loader_surfaces_tokenizer_errors(tmp_path):
     with BatchLoader(read_lines(tmp_path / "c.txt"), broken, batch_size=2, seed=0) as loader:
         with pytest.raises(RuntimeError, match="exploded"):
             next(loader)
+
+
+def test_tfds_source_does_not_import_sources():
+    """No import cycle: both readers build on ``corpus``, neither on the other."""
+    import subprocess
+    import sys
+
+    code = ("import sys, jaxembed.data.tfds_source; "
+            "assert 'jaxembed.data.sources' not in sys.modules, 'tfds_source imports sources'")
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_clean_texts_returns_what_it_did():
+    from jaxembed.data.corpus import clean_texts
+
+    assert clean_texts(["  ab ", "xyz"], max_chars=2) == (["ab", "xy"], True)
+    assert clean_texts(["ab", "c"], max_chars=2) == (["ab", "c"], False)
+    # an empty text skips the record, which is then not counted as truncated
+    assert clean_texts(["a" * 9, "  "], max_chars=2) == (None, False)
+
+
+def test_skipped_record_is_never_also_truncated(tmp_path):
+    """A record with an over-long text and an empty one is skipped as empty only."""
+    long = "x" * 40
+    (tmp_path / "t.csv").write_text(f"sent0,sent1\n{long},\n{long},ok\n")
+    for name, col in (("s1", [long, long, "p"]), ("s2", ["  ", "e", "c"]),
+                      ("labels", ["entailment", "entailment", "contradiction"])):
+        (tmp_path / f"{name}.dev").write_text("\n".join(col) + "\n")
+    for c in (read_triplets(tmp_path / "t.csv", max_chars=10),
+              snli_triplets(tmp_path, "dev", max_chars=10)):
+        assert set(c.stats) == {"read", "kept", "skipped_empty", "skipped_invalid", "truncated"}
+        assert c.stats["skipped_empty"] == 1 and c.stats["truncated"] == 1, c.stats

@@ -37,12 +37,15 @@ def test_tfds_array_record_source_without_tensorflow(tmp_path, rng):
     rows = [(" ".join(rng.choice(words, 3)), " ".join(rng.choice(words, 4)), float(np.float32(rng.normal())))
             for _ in range(23)]
     rows.append(("   ", "empty first text", 0.5))  # skipped and counted
+    rows.append(("a nan score", "is invalid", float("nan")))  # skipped, counted, named
     builder = _builder_class(rows)(data_dir=str(tmp_path), file_format="array_record")
     builder.download_and_prepare()
-    corpus = read_source(f"tfds:{builder.name}:train", tfds_data_dir=str(tmp_path))
+    with pytest.warns(UserWarning, match="'score' is nan, not finite"):
+        corpus = read_source(f"tfds:{builder.name}:train", tfds_data_dir=str(tmp_path))
     assert corpus.columns == ("sent0", "sent1", "score") and corpus.num_text_columns == 2
-    assert sorted(corpus.rows) == sorted(rows[:-1])  # TFDS shuffles on write; content identical
-    assert corpus.stats["read"] == 24 and corpus.stats["skipped_empty"] == 1
+    assert sorted(corpus.rows) == sorted(rows[:-2])  # TFDS shuffles on write; content identical
+    assert corpus.stats["read"] == 25 and corpus.stats["skipped_empty"] == 1
+    assert corpus.stats["skipped_invalid"] == 1
     only = read_source(f"tfds:{builder.name}:train#sent1", tfds_data_dir=str(tmp_path))
     assert sorted(r[0] for r in only.rows) == sorted(r[1] for r in rows)
 

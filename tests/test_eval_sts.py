@@ -303,3 +303,120 @@ def test_cli_json_with_tiny_bert_matches_torch(shared_data, tiny_bert_dir, capsy
     assert payload["STSBenchmark"] == pytest.approx(
         100 * scipy.stats.spearmanr(cos, gold)[0], abs=1e-3
     )
+
+
+# ------------------------------------------------- bad input: FILE:LINE errors, valid JSON
+
+
+def _write_stsb(folder, scores, sentences=None):
+    """A minimal STS-B test split (tab-separated, score in column 5) under folder/STSBenchmark."""
+    d = folder / "STSBenchmark"
+    d.mkdir(parents=True, exist_ok=True)
+    sentences = sentences or [(f"a cat number {i}", f"the dog {i % 3}") for i in range(len(scores))]
+    lines = [f"main-captions\tMSRvid\t2012test\t{i:04d}\t{y}\t{a}\t{b}"
+             for i, (y, (a, b)) in enumerate(zip(scores, sentences))]
+    (d / "sts-test.csv").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return d / "sts-test.csv"
+
+
+def test_gold_scores_must_be_finite_numbers_named_by_file_and_line(tmp_path):
+    from jaxembed.eval.datasets import read_sick, read_sts_subset
+
+    (tmp_path / "in.txt").write_text("a b\tc d\ne f\tg h\ni\tj\n", encoding="utf-8")
+    for bad, what in (("nan", "not a finite number"), ("inf", "not a finite number"),
+                      ("4,5", "not a number"), ("high", "not a number")):
+        (tmp_path / "gs.txt").write_text(f"1.0\n{bad}\n2\n", encoding="utf-8")
+        with pytest.raises(ValueError, match=rf"gs\.txt:2: gold score '{bad}' is {what}"):
+            read_sts_subset(tmp_path / "in.txt", tmp_path / "gs.txt")
+        path = _write_stsb(tmp_path, ["1.0", "2.0", bad])
+        with pytest.raises(ValueError, match=rf"sts-test\.csv:3: gold score '{bad}' is {what}"):
+            read_stsb(path)
+        (tmp_path / "sick.txt").write_text(
+            f"pair_ID\tsentence_A\tsentence_B\trelatedness_score\n1\ta\tb\t{bad}\n")
+        with pytest.raises(ValueError, match=rf"sick\.txt:2: gold score '{bad}' is {what}"):
+            read_sick(tmp_path / "sick.txt")
+
+
+def test_non_utf8_sts_files_named_by_file_and_line(tmp_path):
+    from jaxembed.data.textfile import NotUtf8Error
+    from jaxembed.eval.datasets import read_sts_subset
+
+    (tmp_path / "in.txt").write_bytes("a b\tc d\ncaf\xe9\tg h\n".encode("latin-1"))
+    (tmp_path / "gs.txt").write_text("1.0\n2.0\n", encoding="utf-8")
+    with pytest.raises(NotUtf8Error, match=r"in\.txt:2 is not UTF-8 .*byte 0xe9.*iconv"):
+        read_sts_subset(tmp_path / "in.txt", tmp_path / "gs.txt")
+    path = _write_stsb(tmp_path, ["1.0", "2.0"])
+    path.write_bytes(path.read_text().encode("utf-16"))
+    with pytest.raises(NotUtf8Error, match="UTF-16LE byte-order mark"):
+        read_stsb(path)
+
+
+def _stub_encoder(monkeypatch, rng, *, constant=False):
+    enc, loaded = BagOfWords(rng), []
+
+    class StubEncoder:
+        @classmethod
+        def from_pretrained(cls, path, *, pooling=None, **kw):
+            loaded.append(path)
+            return cls()
+
+        def encode(self, texts, *, batch_size=64, max_length=None, progress=False):
+            out = enc(texts).astype(np.float32)
+            return np.ones_like(out) if constant else out
+
+    stub = types.ModuleType("jaxembed.models.encoder")
+    stub.Encoder = StubEncoder
+    monkeypatch.setitem(sys.modules, "jaxembed.models.encoder", stub)
+    return loaded
+
+
+def _run_cli(argv):
+    from jaxembed.eval import cli
+
+    parser = argparse.ArgumentParser()
+    cli.add_arguments(parser)
+    return cli.run(parser.parse_args(argv))
+
+
+def test_cli_undefined_spearman_is_null_in_json_and_fails(tmp_path, rng, monkeypatch, capsys):
+    """Constant gold (or constant similarities): valid JSON with null, a reason, exit status 1."""
+    _stub_encoder(monkeypatch, rng)
+    _write_stsb(tmp_path, ["2.5"] * 12)
+    argv = ["--model", "m", "--data-dir", str(tmp_path), "--tasks", "STSBenchmark", "--json"]
+    assert _run_cli(argv) == 1
+    out, err = capsys.readouterr()
+    payload = json.loads(out.strip().splitlines()[-1])  # the standard library parses it ...
+    assert payload == {"STSBenchmark": None, "Avg": None}
+    assert "NaN" not in out.splitlines()[-1]  # ... and so does any strict JSON parser
+    assert "STSBenchmark Spearman is undefined: its gold scores are all equal" in err
+
+    _stub_encoder(monkeypatch, rng, constant=True)
+    _write_stsb(tmp_path, [str(i % 5) for i in range(12)])
+    assert _run_cli(argv) == 1
+    out, err = capsys.readouterr()
+    assert json.loads(out.strip().splitlines()[-1]) == {"STSBenchmark": None, "Avg": None}
+    assert "the model gives every pair the same cosine similarity" in err
+
+
+def test_cli_bad_data_fails_before_loading_the_model(tmp_path, rng, monkeypatch, capsys):
+    loaded = _stub_encoder(monkeypatch, rng)
+    _write_stsb(tmp_path, ["1", "2", "x3", "4"])
+    argv = ["--model", "m", "--data-dir", str(tmp_path), "--tasks", "STSBenchmark", "--json"]
+    assert _run_cli(argv) == 2
+    err = capsys.readouterr().err
+    assert "sts-test.csv:3: gold score 'x3' is not a number" in err and loaded == []
+    assert _run_cli(["--model", "m", "--data-dir", str(tmp_path / "nowhere")]) == 2
+    assert "none of these folders exists" in capsys.readouterr().err and loaded == []
+
+
+@pytest.mark.parametrize("flag, value", [("--max-length", "-3"), ("--max-length", "0"),
+                                         ("--batch-size", "0"), ("--batch-size", "two")])
+def test_cli_rejects_bad_numbers_with_argparse_messages(flag, value, capsys):
+    from jaxembed.eval import cli
+
+    parser = argparse.ArgumentParser()
+    cli.add_arguments(parser)
+    with pytest.raises(SystemExit) as e:
+        parser.parse_args(["--model", "m", "--data-dir", "d", flag, value])
+    assert e.value.code == 2
+    assert f"argument {flag}: must be an integer" in capsys.readouterr().err

@@ -2,7 +2,7 @@
 
 Typical use (what ``jaxembed align`` runs)::
 
-    src = read_vec("wiki.en.vec", max_vocab=200_000)
+    src = read_vec("wiki.en.vec", max_vocab=200_000)   # lower-cased, first occurrence wins
     tgt = read_vec("wiki.si.vec", max_vocab=200_000)
     x = normalize_embeddings(src.vectors, "renorm,center,renorm")
     y = normalize_embeddings(tgt.vectors, "renorm,center,renorm")
@@ -23,6 +23,7 @@ _EXPORTS = {
     "DictionaryIds": "io",
     "WordVectors": "io",
     "dictionary_ids": "io",
+    "identical_char_ids": "io",
     "read_dictionary": "io",
     "read_vec": "io",
     "write_vec": "io",

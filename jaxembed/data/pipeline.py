@@ -31,7 +31,7 @@ from typing import Callable
 
 import numpy as np
 
-from jaxembed.data.sources import Corpus
+from jaxembed.data.corpus import Corpus
 
 TokenizeFn = Callable[[list[str]], dict]
 

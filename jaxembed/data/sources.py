@@ -1,9 +1,14 @@
-"""Training corpora read into memory as rows of columns, with bad lines counted.
+"""Training corpora read into memory as rows of columns, with bad records counted.
 
-Every reader returns a :class:`Corpus`: ``columns`` names (text columns first,
-then float columns), ``rows`` (tuples in that order) and ``stats`` (how many
-records were read, skipped as empty, skipped as non-UTF-8 or malformed, and
-truncated for being over ``max_chars`` characters). A bad record never raises.
+Every reader returns a :class:`~jaxembed.data.corpus.Corpus`: ``columns``
+names (text columns first, then float columns), ``rows`` (tuples in that
+order), ``stats`` (records read, kept, skipped as empty, skipped as invalid,
+truncated to ``max_chars`` characters) and ``problems`` (the first invalid
+records by ``FILE:LINE`` and reason). A bad record is skipped, counted and
+reported in one warning; a file that is not UTF-8 (a UTF-16/32 byte-order
+mark, NUL bytes, or a majority of undecodable lines) or whose records are
+mostly invalid is refused with a ``ValueError`` that says so (see
+:mod:`jaxembed.data.corpus` for the threshold and :mod:`jaxembed.data.textfile`).
 
 Formats
     * ``lines``: one sentence per line (unsupervised SimCSE / WhitenedCSE,
@@ -27,148 +32,174 @@ Example::
 from __future__ import annotations
 
 import csv
-import dataclasses
-import io
 import json
+import math
 import pathlib
-from typing import Iterable
 
-STAT_KEYS = ("read", "kept", "skipped_empty", "skipped_invalid", "truncated")
+from jaxembed.data.corpus import STAT_KEYS, Corpus, Tally, clean_texts
+from jaxembed.data.textfile import utf8_lines
 
-
-@dataclasses.dataclass
-class Corpus:
-    columns: tuple[str, ...]
-    rows: list[tuple]
-    stats: dict[str, int]
-    num_text_columns: int
-
-    def __len__(self) -> int:
-        return len(self.rows)
-
-
-def _new_stats() -> dict[str, int]:
-    return {k: 0 for k in STAT_KEYS}
-
-
-def _clean(text: str | None, stats: dict, *, max_chars: int) -> str | None:
-    """Strip; ``None`` for empty; truncate to ``max_chars`` (counted once per record)."""
-    if text is None:
-        return None
-    text = text.strip()
-    if not text:
-        return None
-    if len(text) > max_chars:
-        stats["_truncated_here"] = 1
-        text = text[:max_chars]
-    return text
-
-
-def _finish_record(stats: dict) -> None:
-    if stats.pop("_truncated_here", 0):
-        stats["truncated"] += 1
-
-
-def _decoded_lines(path: pathlib.Path, stats: dict) -> Iterable[str | None]:
-    """Yield each line decoded as UTF-8, or ``None`` (counted) when it is not."""
-    with open(path, "rb") as f:
-        for raw in f:
-            stats["read"] += 1
-            try:
-                yield raw.decode("utf-8").rstrip("\r\n")
-            except UnicodeDecodeError:
-                stats["skipped_invalid"] += 1
-                yield None
+__all__ = ["STAT_KEYS", "Corpus", "read_lines", "read_triplets", "read_pairs_jsonl",
+           "snli_triplets", "read_source"]
 
 
 def read_lines(path, *, max_chars: int = 2000) -> Corpus:
     """One sentence per line; empty and non-UTF-8 lines skipped, long ones truncated."""
-    stats, rows = _new_stats(), []
-    for line in _decoded_lines(pathlib.Path(path), stats):
+    tally, rows = Tally(path), []
+    for lineno, line in utf8_lines(path):
+        tally.read()
         if line is None:
+            tally.not_utf8(f"{path}:{lineno}")
             continue
-        text = _clean(line, stats, max_chars=max_chars)
-        if text is None:
-            stats["skipped_empty"] += 1
+        texts, truncated = clean_texts([line], max_chars=max_chars)
+        if texts is None:
+            tally.empty()
             continue
-        _finish_record(stats)
-        rows.append((text,))
-    stats["kept"] = len(rows)
-    return Corpus(("text",), rows, stats, 1)
+        tally.keep(truncated=truncated)
+        rows.append(tuple(texts))
+    return tally.corpus(("text",), rows, num_text_columns=1)
 
 
 def read_triplets(path, *, max_chars: int = 2000) -> Corpus:
-    """CSV (``,``) or TSV (``.tsv``/``.tab``: tab) with header ``sent0,sent1[,hard_neg]``."""
+    """CSV (``,``) or TSV (``.tsv``/``.tab``: tab) with header ``sent0,sent1[,hard_neg]``.
+
+    A quoted field may span lines; a record is named by the line it starts on.
+    """
     path = pathlib.Path(path)
     delimiter = "\t" if path.suffix in (".tsv", ".tab") else ","
-    stats = _new_stats()
-    lines = [line for line in _decoded_lines(path, stats)]
-    good = [line for line in lines if line is not None]
-    reader = csv.reader(io.StringIO("\n".join(good)), delimiter=delimiter)
+    tally = Tally(path)
+    line_numbers: list[int] = []  # file line of each line handed to the csv reader
+
+    def decodable():
+        for lineno, text in utf8_lines(path):
+            if text is None:
+                tally.read()
+                tally.not_utf8(f"{path}:{lineno}")
+                continue
+            line_numbers.append(lineno)
+            yield text + "\n"
+
+    reader = csv.reader(decodable(), delimiter=delimiter)
     header = next(reader, None)
     if header is None:
-        return Corpus(("sent0", "sent1"), [], stats, 2)
-    stats["read"] -= 1  # the header is not a record
+        return tally.corpus(("sent0", "sent1"), [], num_text_columns=2)
     header = [h.strip() for h in header]
     wanted = [c for c in ("sent0", "sent1", "hard_neg") if c in header]
     if wanted[:2] != ["sent0", "sent1"]:
-        raise ValueError(f"{path}: header must name sent0,sent1[,hard_neg]; got {header}")
+        raise ValueError(f"{path}:{line_numbers[0]}: header must name sent0,sent1[,hard_neg]; "
+                         f"got {header}")
     idx = [header.index(c) for c in wanted]
     rows = []
-    for fields in reader:
+    while True:
+        first = reader.line_num  # index in line_numbers of the record's first line
+        try:
+            fields = next(reader, None)
+        except csv.Error as e:
+            tally.read()
+            tally.invalid(f"{path}:{line_numbers[first]}", f"CSV error: {e}")
+            continue
+        if fields is None:
+            break
+        tally.read()
+        where = f"{path}:{line_numbers[first]}"
+        if not fields:
+            tally.empty()
+            continue
         if len(fields) < len(header):
-            stats["skipped_invalid"] += 1
+            tally.invalid(where, f"{len(fields)} fields, the header has {len(header)}")
             continue
-        texts = [_clean(fields[i], stats, max_chars=max_chars) for i in idx]
-        if any(t is None for t in texts):
-            stats.pop("_truncated_here", None)
-            stats["skipped_empty"] += 1
+        texts, truncated = clean_texts([fields[i] for i in idx], max_chars=max_chars)
+        if texts is None:
+            tally.empty()
             continue
-        _finish_record(stats)
+        tally.keep(truncated=truncated)
         rows.append(tuple(texts))
-    stats["kept"] = len(rows)
-    return Corpus(tuple(wanted), rows, stats, len(wanted))
+    return tally.corpus(wanted, rows, num_text_columns=len(wanted))
+
+
+def _finite_numbers(rec: dict, key: str) -> list[float]:
+    """``rec[key]`` (a JSON number or a non-empty list of them) as floats, else ``ValueError``."""
+    value = rec[key]
+    values = value if isinstance(value, list) else [value]
+    if not values:
+        raise ValueError(f"'{key}' is an empty list")
+    out = []
+    for v in values:
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            raise ValueError(f"'{key}' holds {type(v).__name__} {v!r}, not a number")
+        if not math.isfinite(v):
+            raise ValueError(f"'{key}' value {v} is not finite")
+        out.append(float(v))
+    return out
+
+
+def _pair_record(line: str) -> tuple[list[str], list[float], list[float]]:
+    """``(texts, teacher, label)`` of one JSONL line; ``ValueError`` saying what is wrong."""
+    try:
+        rec = json.loads(line)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"not JSON ({e})") from None
+    if not isinstance(rec, dict):
+        raise ValueError(f"a JSON object expected, got {type(rec).__name__}")
+    missing = [k for k in ("sent0", "sent1", "teacher") if k not in rec]
+    if missing:
+        raise ValueError(f"no {', '.join(repr(k) for k in missing)}")
+    for k in ("sent0", "sent1"):
+        if not isinstance(rec[k], str):
+            raise ValueError(f"'{k}' is {type(rec[k]).__name__} {rec[k]!r}, not a string")
+    teacher = _finite_numbers(rec, "teacher")
+    label = _finite_numbers(rec, "label") if "label" in rec else []
+    if len(label) > 1:
+        raise ValueError(f"'label' holds {len(label)} values, not one")
+    return [rec["sent0"], rec["sent1"]], teacher, label
 
 
 def read_pairs_jsonl(path, *, max_chars: int = 2000) -> Corpus:
-    """JSONL ``{"sent0", "sent1", "teacher": float | list[float], "label"?}``.
+    """JSONL ``{"sent0", "sent1", "teacher": float | list[float], "label"?: float}``.
 
-    All records must carry the same number of teacher values and either all or
-    none a ``label``; records that do not (or are not JSON) are skipped as invalid.
+    Texts must be strings and scores finite JSON numbers. All records must carry
+    the same number of teacher values as the first valid one, and either all or
+    none a ``label``. Records that do not (or are not JSON objects) are skipped
+    as invalid, each named by ``FILE:LINE`` in the warning and ``Corpus.problems``.
     """
-    stats, rows = _new_stats(), []
+    tally, rows = Tally(path), []
     n_teacher, has_label = None, None
-    for line in _decoded_lines(pathlib.Path(path), stats):
+    for lineno, line in utf8_lines(path):
+        tally.read()
+        where = f"{path}:{lineno}"
         if line is None:
+            tally.not_utf8(where)
             continue
         if not line.strip():
-            stats["skipped_empty"] += 1
+            tally.empty()
             continue
         try:
-            rec = json.loads(line)
-            teacher = rec["teacher"]
-            teacher = [float(t) for t in (teacher if isinstance(teacher, list) else [teacher])]
-            label = [float(rec["label"])] if "label" in rec else []
-        except (ValueError, KeyError, TypeError):
-            stats["skipped_invalid"] += 1
+            texts, teacher, label = _pair_record(line)
+        except ValueError as e:
+            tally.invalid(where, str(e))
             continue
         if n_teacher is None:
             n_teacher, has_label = len(teacher), bool(label)
-        if len(teacher) != n_teacher or bool(label) != has_label:
-            stats["skipped_invalid"] += 1
+        if len(teacher) != n_teacher:
+            tally.invalid(where, f"{len(teacher)} teacher values, the first record has {n_teacher}")
             continue
-        texts = [_clean(rec.get(k), stats, max_chars=max_chars) for k in ("sent0", "sent1")]
-        if any(t is None for t in texts):
-            stats.pop("_truncated_here", None)
-            stats["skipped_empty"] += 1
+        if bool(label) != has_label:
+            tally.invalid(where, "a 'label' where the first record has none" if label
+                          else "no 'label' where the first record has one")
             continue
-        _finish_record(stats)
+        texts, truncated = clean_texts(texts, max_chars=max_chars)
+        if texts is None:
+            tally.empty()
+            continue
+        tally.keep(truncated=truncated)
         rows.append((*texts, *teacher, *label))
-    stats["kept"] = len(rows)
     columns = ("sent0", "sent1", *[f"teacher_{i}" for i in range(n_teacher or 1)])
     if has_label:
         columns += ("label",)
-    return Corpus(columns, rows, stats, 2)
+    return tally.corpus(columns, rows, num_text_columns=2)
+
+
+SNLI_LABELS = ("entailment", "neutral", "contradiction")
 
 
 def snli_triplets(directory, split: str, *, max_chars: int = 2000) -> Corpus:
@@ -177,32 +208,38 @@ def snli_triplets(directory, split: str, *, max_chars: int = 2000) -> Corpus:
     Hypotheses are grouped by premise in file order; the k-th entailment
     hypothesis of a premise is paired with its k-th contradiction hypothesis
     (premises lacking either label give no triplet; neutral is unused), as the
-    SimCSE ``nli_for_simcse.csv`` construction does.
+    SimCSE ``nli_for_simcse.csv`` construction does. ``stats`` count sentence
+    pairs (line ``i`` of the three files), ``kept`` the triplets built; a pair
+    with an undecodable line or a label other than the three is invalid.
     """
     directory = pathlib.Path(directory)
-    stats = _new_stats()
-    cols = []
-    for name in ("s1", "s2", "labels"):
-        cols.append(list(_decoded_lines(directory / f"{name}.{split}", stats)))
+    paths = [directory / f"{name}.{split}" for name in ("s1", "s2", "labels")]
+    cols = [list(utf8_lines(p)) for p in paths]
     if not len(cols[0]) == len(cols[1]) == len(cols[2]):
         raise ValueError(f"{directory}: s1/s2/labels.{split} have {[len(c) for c in cols]} lines")
-    stats["read"] = len(cols[0])
+    tally = Tally(directory)
     groups: dict[str, dict[str, list[str]]] = {}
-    for s1, s2, label in zip(*cols):
-        if s1 is None or s2 is None or label is None:
-            continue  # already counted as invalid
-        p = _clean(s1, stats, max_chars=max_chars)
-        h = _clean(s2, stats, max_chars=max_chars)
-        _finish_record(stats)
-        if p is None or h is None:
-            stats["skipped_empty"] += 1
+    for (lineno, s1), (_, s2), (_, label) in zip(*cols):
+        tally.read()
+        bad = [p for p, text in zip(paths, (s1, s2, label)) if text is None]
+        if bad:
+            tally.not_utf8(f"{bad[0]}:{lineno}")
             continue
-        groups.setdefault(p, {"entailment": [], "contradiction": []})
-        if label.strip() in ("entailment", "contradiction"):
-            groups[p][label.strip()].append(h)
+        texts, truncated = clean_texts([s1, s2], max_chars=max_chars)
+        if texts is None:
+            tally.empty()
+            continue
+        label = label.strip()
+        if label not in SNLI_LABELS:
+            tally.invalid(f"{paths[2]}:{lineno}", f"label {label!r} is none of {SNLI_LABELS}")
+            continue
+        tally.keep(truncated=truncated)
+        premise, hypothesis = texts
+        group = groups.setdefault(premise, {"entailment": [], "contradiction": []})
+        if label in group:
+            group[label].append(hypothesis)
     rows = [(p, e, c) for p, g in groups.items() for e, c in zip(g["entailment"], g["contradiction"])]
-    stats["kept"] = len(rows)
-    return Corpus(("sent0", "sent1", "hard_neg"), rows, stats, 3)
+    return tally.corpus(("sent0", "sent1", "hard_neg"), rows, num_text_columns=3)
 
 
 def read_source(spec: str, *, data_format: str = "auto", max_chars: int = 2000,

@@ -9,8 +9,10 @@ random-access (``as_data_source``) and read through ``grain.MapDataset``.
 
 Columns: the ``#``-listed features in that order, else every ``Text`` feature
 (in the dataset's feature order) followed by every scalar float feature.
-Texts are decoded as UTF-8; a record with an undecodable or empty text is
-skipped and counted, exactly as the file readers do.
+Texts are decoded as UTF-8; a record with an undecodable or empty text, or a
+non-finite float, is skipped and counted (and named ``SPEC[index]``), and a
+dataset whose records are mostly invalid is refused, exactly as the file
+readers do (:mod:`jaxembed.data.corpus`).
 
 Needs the optional extra ``jaxembed[tfds]`` (``tensorflow-datasets``, ``grain``,
 ``array_record``).
@@ -22,9 +24,11 @@ Example::
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
-from jaxembed.data.sources import Corpus, _clean, _finish_record, _new_stats
+from jaxembed.data.corpus import Corpus, Tally, clean_texts
 
 
 def parse_spec(spec: str) -> tuple[str, str, list[str] | None]:
@@ -71,20 +75,23 @@ def read_tfds(spec: str, *, data_dir: str | None = None, max_chars: int = 2000) 
             raise ValueError(f"{spec}: list text columns before numeric ones, got {columns}")
     if not texts:
         raise ValueError(f"{spec}: no text feature among {list(features)}")
-    stats, rows = _new_stats(), []
-    for record in grain.MapDataset.source(source):
-        stats["read"] += 1
+    tally, rows = Tally(spec), []
+    for i, record in enumerate(grain.MapDataset.source(source)):
+        tally.read()
         try:
             values = [v.decode("utf-8") if isinstance(v, bytes) else str(v) for v in (record[c] for c in texts)]
         except UnicodeDecodeError:
-            stats["skipped_invalid"] += 1
+            tally.not_utf8(f"{spec}[{i}]")
             continue
-        cleaned = [_clean(v, stats, max_chars=max_chars) for v in values]
-        if any(v is None for v in cleaned):
-            stats.pop("_truncated_here", None)
-            stats["skipped_empty"] += 1
+        numbers = [float(record[c]) for c in floats]
+        bad = [c for c, x in zip(floats, numbers) if not math.isfinite(x)]
+        if bad:
+            tally.invalid(f"{spec}[{i}]", f"{bad[0]!r} is {record[bad[0]]}, not finite")
             continue
-        _finish_record(stats)
-        rows.append((*cleaned, *(float(record[c]) for c in floats)))
-    stats["kept"] = len(rows)
-    return Corpus(tuple(texts + floats), rows, stats, len(texts))
+        cleaned, truncated = clean_texts(values, max_chars=max_chars)
+        if cleaned is None:
+            tally.empty()
+            continue
+        tally.keep(truncated=truncated)
+        rows.append((*cleaned, *numbers))
+    return tally.corpus(texts + floats, rows, num_text_columns=len(texts))

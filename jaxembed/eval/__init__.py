@@ -14,7 +14,13 @@ from jaxembed.eval.datasets import (
     read_stsb,
 )
 from jaxembed.eval.stats import average_ranks, cosine_spearman, rowwise_cosine, spearman
-from jaxembed.eval.sts import evaluate_sts, format_table, score_task
+from jaxembed.eval.sts import (
+    evaluate_sts,
+    format_table,
+    score_task,
+    score_tasks,
+    undefined_reason,
+)
 
 __all__ = [
     "STS_SUBSETS",
@@ -29,5 +35,7 @@ __all__ = [
     "read_stsb",
     "rowwise_cosine",
     "score_task",
+    "score_tasks",
     "spearman",
+    "undefined_reason",
 ]

@@ -16,6 +16,10 @@ As SentEval does, a blank line in a gold file marks an unscored pair, which
 is dropped (STS15, STS16), and every sentence is split on white space and
 re-joined with single spaces (``" ".join(s.split())``).
 
+Files must be UTF-8, and every gold score a finite number: anything else
+raises ``ValueError`` naming ``FILE:LINE`` (SentEval would fail on the
+former and silently score with NaN for the latter).
+
 Scored pairs: STS12 3108, STS13 1500, STS14 3750, STS15 3000, STS16 1186,
 STS-B test 1379, SICK-R test 4927.
 
@@ -25,10 +29,14 @@ Reference: Conneau & Kiela, SentEval (``senteval/sts.py``, ``senteval/sick.py``)
 from __future__ import annotations
 
 import csv
+import io
+import math
 import pathlib
 from typing import NamedTuple
 
 import numpy as np
+
+from jaxembed.data.textfile import read_utf8
 
 __all__ = [
     "STS_TASKS",
@@ -65,8 +73,18 @@ def _clean(sentence: str) -> str:
 
 
 def _read_lines(path: pathlib.Path) -> list[str]:
-    with open(path, encoding="utf-8", newline="") as f:
-        return f.read().splitlines()
+    return read_utf8(path).splitlines()  # SentEval's split, so that line i pairs with gold i
+
+
+def _gold(text: str, where: str) -> float:
+    """A gold score as float; ``ValueError`` naming ``where`` (``FILE:LINE``) if not finite."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise ValueError(f"{where}: gold score {text!r} is not a number") from None
+    if not math.isfinite(value):
+        raise ValueError(f"{where}: gold score {text!r} is not a finite number")
+    return value
 
 
 def read_sts_subset(input_path, gold_path) -> tuple[list[str], list[str], np.ndarray]:
@@ -93,9 +111,29 @@ def read_sts_subset(input_path, gold_path) -> tuple[list[str], list[str], np.nda
         cols = pair.split("\t")
         if len(cols) < 2:
             raise ValueError(f"{input_path}:{lineno}: expected 's1<TAB>s2', got {pair[:80]!r}")
+        gold.append(_gold(score, f"{gold_path}:{lineno}"))
         s1.append(_clean(cols[0]))
         s2.append(_clean(cols[1]))
-        gold.append(float(score))
+    return s1, s2, np.asarray(gold, dtype=np.float64)
+
+
+def _scored_pairs(rows, path, *, score: int, first: int, min_columns: int):
+    """``(s1, s2, gold)`` from ``(line number, columns)`` rows, blank rows skipped.
+
+    Column ``score`` is the gold score, columns ``first`` and ``first + 1`` the sentences.
+    """
+    s1, s2, gold = [], [], []
+    for lineno, row in rows:
+        if not any(c.strip() for c in row):
+            continue
+        if len(row) < min_columns:
+            raise ValueError(
+                f"{path}:{lineno}: expected at least {min_columns} tab-separated columns, "
+                f"got {len(row)}"
+            )
+        gold.append(_gold(row[score], f"{path}:{lineno}"))
+        s1.append(_clean(row[first]))
+        s2.append(_clean(row[first + 1]))
     return s1, s2, np.asarray(gold, dtype=np.float64)
 
 
@@ -115,21 +153,9 @@ def read_stsb(path) -> tuple[list[str], list[str], np.ndarray]:
         >>> len(s1), y[:2]  # doctest: +SKIP
         (1500, array([5. , 4.75]))
     """
-    s1, s2, gold = [], [], []
-    with open(path, encoding="utf-8", newline="") as f:
-        for lineno, row in enumerate(
-            csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE), start=1
-        ):
-            if not row or not any(c.strip() for c in row):
-                continue
-            if len(row) < 7:
-                raise ValueError(
-                    f"{path}:{lineno}: expected at least 7 tab-separated columns, got {len(row)}"
-                )
-            gold.append(float(row[4]))
-            s1.append(_clean(row[5]))
-            s2.append(_clean(row[6]))
-    return s1, s2, np.asarray(gold, dtype=np.float64)
+    rows = csv.reader(io.StringIO(read_utf8(path), newline=""), delimiter="\t",
+                      quoting=csv.QUOTE_NONE)
+    return _scored_pairs(enumerate(rows, start=1), path, score=4, first=5, min_columns=7)
 
 
 def read_sick(path) -> tuple[list[str], list[str], np.ndarray]:
@@ -139,19 +165,8 @@ def read_sick(path) -> tuple[list[str], list[str], np.ndarray]:
         ``(s1, s2, scores)`` with relatedness scores (1-5) as float64 [n].
     """
     lines = _read_lines(pathlib.Path(path))
-    s1, s2, gold = [], [], []
-    for lineno, line in enumerate(lines[1:], start=2):
-        if not line.strip():
-            continue
-        cols = line.split("\t")
-        if len(cols) < 4:
-            raise ValueError(
-                f"{path}:{lineno}: expected at least 4 tab-separated columns, got {len(cols)}"
-            )
-        s1.append(_clean(cols[1]))
-        s2.append(_clean(cols[2]))
-        gold.append(float(cols[3]))
-    return s1, s2, np.asarray(gold, dtype=np.float64)
+    rows = ((lineno, line.split("\t")) for lineno, line in enumerate(lines[1:], start=2))
+    return _scored_pairs(rows, path, score=3, first=1, min_columns=4)
 
 
 def _find_dir(data_dir: pathlib.Path, *relatives: str) -> pathlib.Path:

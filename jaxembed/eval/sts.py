@@ -11,6 +11,9 @@ scores.
 * STS Benchmark and SICK-Relatedness: the test split (one subset, so both
   aggregations agree).
 * ``Avg``: the plain mean of the evaluated tasks.
+* A task whose Spearman is undefined (constant gold scores, or a model whose
+  similarities are all equal) scores NaN, and so does ``Avg``;
+  :func:`undefined_reason` says which of the two it was.
 
 References:
     Gao, Yao & Chen, "SimCSE", EMNLP 2021 (``evaluation.py``, Appendix B).
@@ -31,6 +34,8 @@ __all__ = [
     "TABLE_NAMES",
     "evaluate_sts",
     "score_task",
+    "score_tasks",
+    "undefined_reason",
     "format_table",
     "load_sts_task",
     "read_stsb",
@@ -99,6 +104,33 @@ def score_task(
     return 100.0 * float(np.sum(rhos * sizes) / np.sum(sizes))
 
 
+def score_tasks(
+    encode_fn: Callable, task_subsets: dict, *, aggregation: str = "all"
+) -> dict:
+    """:func:`score_task` for each ``{task: subsets}`` item, plus ``"Avg"`` (their mean)."""
+    results = {
+        task: score_task(encode_fn, subsets, aggregation=aggregation)
+        for task, subsets in task_subsets.items()
+    }
+    results["Avg"] = float(np.mean(list(results.values())))
+    return results
+
+
+def undefined_reason(subsets: Sequence[StsSubset], *, aggregation: str = "all") -> str:
+    """Why a task's Spearman came out NaN: constant gold scores, else constant similarities.
+
+    With ``"all"`` the pooled gold scores must vary; with ``"wmean"`` every subset's.
+    """
+    golds = [np.asarray(s.gold) for s in subsets]
+    if aggregation == "all":
+        golds = [np.concatenate(golds)]
+    constant = [s.name for s, g in zip(subsets, golds) if np.ptp(g) == 0]
+    if constant:
+        where = "" if aggregation == "all" else f" (subset {', '.join(constant)})"
+        return f"its gold scores are all equal{where}"
+    return "the model gives every pair the same cosine similarity"
+
+
 def evaluate_sts(
     encode_fn: Callable, data_dir, *, tasks: Sequence[str] | None = None, aggregation: str = "all"
 ) -> dict:
@@ -114,7 +146,8 @@ def evaluate_sts(
 
     Returns:
         ``{task: score, ..., "Avg": mean of the task scores}``, floats x 100, in
-        the order of ``tasks``.
+        the order of ``tasks``; NaN where the Spearman is undefined (see
+        :func:`undefined_reason`).
 
     Example:
         >>> enc = jaxembed.Encoder.from_pretrained("path/to/model")  # doctest: +SKIP
@@ -131,13 +164,8 @@ def evaluate_sts(
         )
     if aggregation not in AGGREGATIONS:
         raise ValueError(f"aggregation must be one of {AGGREGATIONS}, got {aggregation!r}")
-    results = {}
-    for task in tasks:
-        results[task] = score_task(
-            encode_fn, load_sts_task(data_dir, task), aggregation=aggregation
-        )
-    results["Avg"] = float(np.mean([results[t] for t in tasks]))
-    return results
+    data = {task: load_sts_task(data_dir, task) for task in tasks}
+    return score_tasks(encode_fn, data, aggregation=aggregation)
 
 
 def format_table(results: dict) -> str:
