@@ -2,11 +2,12 @@
 
 Why this exists. On the 2-core CPU the jaxembed train step and ``encode`` trail
 PyTorch although both do the same FLOPs. A profile of the MiniLM train step
-(``jax.profiler`` + the optimised HLO) puts ~70 % of its time in the dense
-products of the encoder, so the question this script answers is: for exactly
-those products, how fast is XLA's matmul on this machine, and how fast is the
-one PyTorch calls? If XLA's kernel is slower at these shapes, no change in the
-model code can bring the step to PyTorch's speed.
+(``jax.profiler`` + the optimised HLO) puts most of its time in the dense
+products of the encoder (``LOG.md``, train_step, session 2), so the question
+this script answers is: for exactly those products, how fast is XLA's matmul
+on this machine, and how fast is the one PyTorch calls? If XLA's kernel is
+slower at these shapes, no change in the model code can bring the step to
+PyTorch's speed.
 
 Shapes, for a model with hidden size H, intermediate size I and T tokens per
 step (T = batch x views x seq): the forward products ``[T,H]x[H,H]`` (Q, K, V,
@@ -17,8 +18,8 @@ Each XLA variant (``--variants``: a list of ``XLA_FLAGS`` strings, ``default``
 for none) runs in its own subprocess, because XLA reads its flags once per
 process; PyTorch runs in the same subprocesses, in a separate block *after*
 the jax block, never call-by-call interleaved: XLA's and PyTorch's thread pools
-interleaved call by call slowed PyTorch's products from ~300 to ~200 GFLOP/s
-here. Reported: best and median GFLOP/s over ``--repeats`` calls after one
+interleaved call by call slowed PyTorch's products by a third here (``LOG.md``).
+Reported: best and median GFLOP/s over ``--repeats`` calls after one
 warm-up, and jax/torch ratios of the medians. One JSON line per shape and variant.
 
     python -m benchmarks.gemm                       # MiniLM, batch 64, 2 views, seq 32
