@@ -32,30 +32,23 @@ On a GPU machine whose PyTorch is CPU-only the reference runs on the CPU:
 ``same_device_kind`` is then false, and its r_S is timed at ``--ref-rs-size``
 (default 20,000), jaxembed's at both sizes. ``--no-reference`` times jaxembed only.
 
-    python benchmarks/align.py [--vocab 200000] [--rs-size N] [--ref-rs-size N] [--repeats 2]
+    python -m benchmarks.align [--vocab 200000] [--rs-size N] [--ref-rs-size N] [--repeats 2]
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import sys
 import time
 
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _machine import cpu_name  # noqa: E402
+from benchmarks.harness import emit, machine, time_calls
 
 
 def _best_of(fn, repeats):
-    best, out = float("inf"), None
-    for _ in range(repeats):
-        t = time.perf_counter()
-        out = fn()
-        best = min(best, time.perf_counter() - t)
-    return best, out
+    """(fastest of ``repeats`` calls, the last call's result)."""
+    times, out = time_calls(fn, repeats=repeats)
+    return min(times), out
 
 
 # ------------------------------------------------------------- PyTorch (MUSE)
@@ -133,30 +126,18 @@ def main() -> None:
     rs_size = args.rs_size or (args.vocab if backend != "cpu" else min(args.vocab, 20_000))
     same_kind = (backend == "cpu") == (tdevice.type == "cpu")
     ref_rs_size = args.ref_rs_size or (rs_size if same_kind else min(rs_size, 20_000))
-    machine = {
-        "cpu": cpu_name(),
-        "cores": os.cpu_count(),
-        "jax_backend": backend,
-        "jax_device": str(jax.devices()[0].device_kind),
-        "torch_device": str(tdevice),
-        "jax": jax.__version__,
-        "torch": torch.__version__,
-    }
-    print(
-        json.dumps(
-            {
-                "bench": "align",
-                "machine": machine,
-                "vocab": args.vocab,
-                "dim": args.dim,
-                "pairs": args.pairs,
-                "queries": args.queries,
-                "rs_size": rs_size,
-                "ref_rs_size": None if args.no_reference else ref_rs_size,
-                "same_device_kind": same_kind,
-            }
-        ),
-        flush=True,
+    emit(
+        {
+            "bench": "align",
+            "machine": {**machine(), "torch_device": str(tdevice)},
+            "vocab": args.vocab,
+            "dim": args.dim,
+            "pairs": args.pairs,
+            "queries": args.queries,
+            "rs_size": rs_size,
+            "ref_rs_size": None if args.no_reference else ref_rs_size,
+            "same_device_kind": same_kind,
+        }
     )
 
     rng = np.random.default_rng(0)
@@ -168,14 +149,9 @@ def main() -> None:
     blocking = dict(query_block=args.query_block, key_block=args.key_block)
     results = {}
 
-    def emit(op, impl, seconds, **extra):
+    def record(op, impl, seconds, **extra):
         results[(op, impl)] = seconds
-        print(
-            json.dumps(
-                {"bench": "align", "op": op, "impl": impl, "seconds": round(seconds, 4), **extra}
-            ),
-            flush=True,
-        )
+        emit({"bench": "align", "op": op, "impl": impl, "seconds": round(seconds, 4), **extra})
 
     # ---------------------------------------------------------------- jaxembed
     x = jax.device_put(src)
@@ -190,7 +166,7 @@ def main() -> None:
     j_procrustes()
     compile_s = time.perf_counter() - t
     s, w = _best_of(j_procrustes, args.repeats)
-    emit("procrustes", "jaxembed", s, first_call_s=round(compile_s, 3))
+    record("procrustes", "jaxembed", s, first_call_s=round(compile_s, 3))
 
     def j_map():
         return jax.block_until_ready(apply_map(x, w))
@@ -199,7 +175,7 @@ def main() -> None:
     j_map()
     compile_s = time.perf_counter() - t
     s, mapped = _best_of(j_map, args.repeats)
-    emit("map", "jaxembed", s, first_call_s=round(compile_s, 3))
+    record("map", "jaxembed", s, first_call_s=round(compile_s, 3))
 
     yn = jax.block_until_ready(l2_normalize(y))
     mn = jax.block_until_ready(l2_normalize(mapped))
@@ -210,7 +186,7 @@ def main() -> None:
         jax.block_until_ready(fn())
         first_s = time.perf_counter() - t
         s, out = _best_of(lambda: jax.block_until_ready(fn()), args.repeats)
-        emit(
+        record(
             op,
             "jaxembed",
             s,
@@ -253,64 +229,58 @@ def main() -> None:
     tq = torch.from_numpy(query_ids).to(tdevice)
     with torch.no_grad():
         s, tw = _best_of(lambda: T["sync"](T["procrustes"](tx[tp], ty[tp])), args.repeats)
-        emit("procrustes", "torch_muse", s)
+        record("procrustes", "torch_muse", s)
         s, tmapped = _best_of(lambda: T["sync"](tx @ tw), args.repeats)
-        emit("map", "torch_muse", s)
+        record("map", "torch_muse", s)
         tyn, tmn = T["unit"](ty), T["unit"](tmapped)
         tqueries = tmn[tq]
         s, tr_t = _best_of(lambda: T["sync"](T["nn_avg_dist"](tyn, tqueries)), args.repeats)
-        emit("r_T", "torch_muse", s)
+        record("r_T", "torch_muse", s)
         s, tr_s = _best_of(
             lambda: T["sync"](T["nn_avg_dist"](tmn[:ref_rs_size], tyn[:ref_rs_size])), args.repeats
         )
-        emit("r_S" if ref_rs_size == rs_size else "r_S@ref_rs_size", "torch_muse", s)
+        record("r_S" if ref_rs_size == rs_size else "r_S@ref_rs_size", "torch_muse", s)
         tr_s_all = torch.from_numpy(np.array(r_s_all)).to(tdevice)
         s, t_csls = _best_of(
             lambda: T["sync"](T["csls"](tqueries, tyn, tr_t, tr_s_all)), args.repeats
         )
-        emit("csls", "torch_muse", s)
+        record("csls", "torch_muse", s)
 
     # ------------------------------------------------------------ comparison
     rs_op = "r_S" if ref_rs_size == rs_size else "r_S@ref_rs_size"
     ops = ("r_T", rs_op, "csls")
     for op in ("procrustes", "map", *ops):
         j, t = results[(op, "jaxembed")], results[(op, "torch_muse")]
-        print(
-            json.dumps(
-                {
-                    "bench": "align",
-                    "op": op,
-                    "speedup_vs_torch": round(t / j, 3),
-                    "jaxembed_s": round(j, 4),
-                    "torch_s": round(t, 4),
-                    "same_device_kind": same_kind,
-                }
-            ),
-            flush=True,
+        emit(
+            {
+                "bench": "align",
+                "op": op,
+                "speedup_vs_torch": round(t / j, 3),
+                "jaxembed_s": round(j, 4),
+                "torch_s": round(t, 4),
+                "same_device_kind": same_kind,
+            }
         )
     total_j = sum(results[(op, "jaxembed")] for op in ops)
     total_t = sum(results[(op, "torch_muse")] for op in ops)
-    print(
-        json.dumps(
-            {
-                "bench": "align",
-                "op": f"retrieval_total({'+'.join(ops)})",
-                "same_device_kind": same_kind,
-                "jaxembed_s": round(total_j, 4),
-                "torch_s": round(total_t, 4),
-                "speedup_vs_torch": round(total_t / total_j, 3),
-                "w_max_abs_diff": float(np.abs(np.asarray(w) - tw.cpu().numpy()).max()),
-                "r_T_max_abs_diff": float(np.abs(np.asarray(r_t) - tr_t.cpu().numpy()).max()),
-                "r_S_max_abs_diff": float(np.abs(np.asarray(r_s_ref) - tr_s.cpu().numpy()).max()),
-                "csls_top10_identical_frac": float(
-                    np.mean(np.all(np.asarray(j_csls) == t_csls.cpu().numpy(), axis=1))
-                ),
-                "csls_top1_identical_frac": float(
-                    np.mean(np.asarray(j_csls)[:, 0] == t_csls.cpu().numpy()[:, 0])
-                ),
-            }
-        ),
-        flush=True,
+    emit(
+        {
+            "bench": "align",
+            "op": f"retrieval_total({'+'.join(ops)})",
+            "same_device_kind": same_kind,
+            "jaxembed_s": round(total_j, 4),
+            "torch_s": round(total_t, 4),
+            "speedup_vs_torch": round(total_t / total_j, 3),
+            "w_max_abs_diff": float(np.abs(np.asarray(w) - tw.cpu().numpy()).max()),
+            "r_T_max_abs_diff": float(np.abs(np.asarray(r_t) - tr_t.cpu().numpy()).max()),
+            "r_S_max_abs_diff": float(np.abs(np.asarray(r_s_ref) - tr_s.cpu().numpy()).max()),
+            "csls_top10_identical_frac": float(
+                np.mean(np.all(np.asarray(j_csls) == t_csls.cpu().numpy(), axis=1))
+            ),
+            "csls_top1_identical_frac": float(
+                np.mean(np.asarray(j_csls)[:, 0] == t_csls.cpu().numpy()[:, 0])
+            ),
+        }
     )
 
 

@@ -7,7 +7,7 @@ then one warm-up pass of each on the first slice (``warmup_s``), then ``--rounds
 interleaved A/B rounds; each round times both on a fresh slice of sentences, and
 the medians are reported. Also checks that the two agree (max |diff|).
 
-    python benchmarks/encode.py [--n 512] [--rounds 5] [--batch-size 128] [--onednn]
+    python -m benchmarks.encode [--n 512] [--rounds 5] [--batch-size 128] [--onednn]
 
 ``--onednn`` adds the XLA CPU flag ``--xla_cpu_experimental_onednn_custom_call=true``
 to ``XLA_FLAGS`` before jax starts (XLA then calls oneDNN for matmuls, as PyTorch
@@ -22,15 +22,12 @@ Prints one JSON line per result.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import pathlib
 import statistics
-import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _machine import cpu_name  # noqa: E402
+from benchmarks.harness import emit, machine
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -58,7 +55,6 @@ def main() -> None:
         ).strip()
 
     import numpy as np
-    import torch
     from sentence_transformers import SentenceTransformer
 
     from jaxembed.models.encoder import Encoder
@@ -110,17 +106,14 @@ def main() -> None:
         st_rates.append(args.n / times[run_st])
         ratios.append(times[run_st] / times[run_jax])
         cpu_ratios.append(cpu[run_st] / cpu[run_jax])
-        print(
-            json.dumps(
-                {
-                    "round": r,
-                    "jaxembed_sent_per_s": round(jax_rates[-1], 1),
-                    "sentence_transformers_sent_per_s": round(st_rates[-1], 1),
-                    "speedup": round(ratios[-1], 3),
-                    "cpu_time_speedup": round(cpu_ratios[-1], 3),
-                }
-            ),
-            flush=True,
+        emit(
+            {
+                "round": r,
+                "jaxembed_sent_per_s": round(jax_rates[-1], 1),
+                "sentence_transformers_sent_per_s": round(st_rates[-1], 1),
+                "speedup": round(ratios[-1], 3),
+                "cpu_time_speedup": round(cpu_ratios[-1], 3),
+            }
         )
     result = {
         "benchmark": "encode",
@@ -138,12 +131,9 @@ def main() -> None:
         "compiled_shapes": n_shapes,
         "traces_after_precompile": enc._trace_count - n_shapes,
         "max_abs_diff": max_diff,
-        "cpu": cpu_name(),
-        "cores": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "load_avg": os.getloadavg()[0],
+        **machine(),
     }
-    print(json.dumps(result), flush=True)
+    emit(result)
 
 
 if __name__ == "__main__":

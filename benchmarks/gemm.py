@@ -2,11 +2,12 @@
 
 Why this exists. On the 2-core CPU the jaxembed train step and ``encode`` trail
 PyTorch although both do the same FLOPs. A profile of the MiniLM train step
-(``jax.profiler`` + the optimised HLO) puts ~70 % of its time in the dense
-products of the encoder, so the question this script answers is: for exactly
-those products, how fast is XLA's matmul on this machine, and how fast is the
-one PyTorch calls? If XLA's kernel is slower at these shapes, no change in the
-model code can bring the step to PyTorch's speed.
+(``jax.profiler`` + the optimised HLO) puts most of its time in the dense
+products of the encoder (``LOG.md``, train_step, session 2), so the question
+this script answers is: for exactly those products, how fast is XLA's matmul
+on this machine, and how fast is the one PyTorch calls? If XLA's kernel is
+slower at these shapes, no change in the model code can bring the step to
+PyTorch's speed.
 
 Shapes, for a model with hidden size H, intermediate size I and T tokens per
 step (T = batch x views x seq): the forward products ``[T,H]x[H,H]`` (Q, K, V,
@@ -17,26 +18,22 @@ Each XLA variant (``--variants``: a list of ``XLA_FLAGS`` strings, ``default``
 for none) runs in its own subprocess, because XLA reads its flags once per
 process; PyTorch runs in the same subprocesses, in a separate block *after*
 the jax block, never call-by-call interleaved: XLA's and PyTorch's thread pools
-interleaved call by call slowed PyTorch's products from ~300 to ~200 GFLOP/s
-here. Reported: best and median GFLOP/s over ``--repeats`` calls after one
+interleaved call by call slowed PyTorch's products by a third here (``LOG.md``).
+Reported: best and median GFLOP/s over ``--repeats`` calls after one
 warm-up, and jax/torch ratios of the medians. One JSON line per shape and variant.
 
-    python benchmarks/gemm.py                       # MiniLM, batch 64, 2 views, seq 32
-    python benchmarks/gemm.py --hidden 768 --intermediate 3072
+    python -m benchmarks.gemm                       # MiniLM, batch 64, 2 views, seq 32
+    python -m benchmarks.gemm --hidden 768 --intermediate 3072
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
-import subprocess
 import sys
-import time
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _machine import cpu_name  # noqa: E402
+from benchmarks.harness import emit, machine, run_module, time_calls
 
 DEFAULT_VARIANTS = (
     "default",
@@ -57,12 +54,8 @@ def shapes(tokens: int, hidden: int, inter: int) -> list[tuple[str, int, int, in
 
 
 def _rates(fn, flops: float, repeats: int) -> tuple[float, float]:
-    fn()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
+    """(best, median) GFLOP/s of ``repeats`` calls after one warm-up."""
+    times, _ = time_calls(fn, repeats=repeats, warmup=1)
     return flops / min(times) / 1e9, flops / statistics.median(times) / 1e9
 
 
@@ -89,15 +82,14 @@ def worker(args) -> None:
         ta, tb = torch.from_numpy(a), torch.from_numpy(b)
         torch_rates.append(_rates(lambda: torch.mm(ta, tb), f, args.repeats))
     for (name, m, k, n), (jb_, jm), (tb_, tm) in zip(cases, jax_rates, torch_rates):
-        print(json.dumps({
+        emit({
             "benchmark": "gemm", "shape": name, "m": m, "k": k, "n": n,
             "xla_flags": os.environ.get("XLA_FLAGS", ""),
             "jax_gflops_best": round(jb_, 1), "jax_gflops_median": round(jm, 1),
             "torch_gflops_best": round(tb_, 1), "torch_gflops_median": round(tm, 1),
             "jax_over_torch": round(jm / tm, 3), "repeats": args.repeats,
-            "jax": jax.__version__, "torch": torch.__version__,
-            "cpu": cpu_name(), "cores": cores,
-        }), flush=True)
+            **machine(), "cores": cores,
+        })
 
 
 def main(argv=None) -> int:
@@ -122,12 +114,8 @@ def main(argv=None) -> int:
         env.pop("XLA_FLAGS", None)
         if variant != "default":
             env["XLA_FLAGS"] = variant
-        out = subprocess.run([sys.executable, os.path.abspath(__file__), "--worker", *passthrough],
-                             env=env, capture_output=True, text=True, check=True).stdout
-        for line in out.splitlines():
-            if line.startswith("{"):
-                print(line, flush=True)
-                rows.append(json.loads(line))
+        for row in run_module("gemm", ["--worker", *passthrough], env=env):
+            rows.append(emit(row))
     print("\n| XLA_FLAGS | product | m x k x n | jax GFLOP/s | torch GFLOP/s | jax/torch |")
     print("|---|---|---|---|---|---|")
     for r in rows:

@@ -11,6 +11,9 @@
 #                dropout bits, and a jax.profiler trace
 #   smoke        the same code path on a tiny model; runs on CPU in ~1 min
 #
+# Every mode runs `python -m benchmarks.train_step` (see its docstring) from the
+# repository root, so jaxembed is imported from this checkout when not installed.
+#
 # Results: one JSON line per case in $OUT/results.jsonl (and, for investigate,
 # $OUT/<variant>/results.jsonl and $OUT/profile/train_step.xplane.pb); OUT
 # defaults to benchmarks/results/gpu_<UTC time>. Uses only what the machine has:
@@ -22,29 +25,30 @@ OUT="${OUT:-benchmarks/results/gpu_$(date -u +%Y%m%d_%H%M)}"
 mkdir -p "$OUT"
 export XLA_PYTHON_CLIENT_PREALLOCATE=false  # PyTorch and JAX share the card in turn
 PY="${PYTHON:-python3}"
+STEP=("$PY" -m benchmarks.train_step --model bert-base --dtype bfloat16 --warmup 3)
 
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>/dev/null \
   | tee "$OUT/card.txt" || echo "no nvidia-smi" | tee "$OUT/card.txt"
 
 case "$mode" in
   bench)
-    "$PY" benchmarks/gpu.py --steps 15 --dropout-rng rbg --baseline-threefry --out "$OUT"
+    "${STEP[@]}" --batch-sizes 128,512 --steps 15 --dropout-rng rbg --baseline-threefry --out "$OUT"
     ;;
   investigate)
-    one="--batch-sizes 128 --objectives simcse_unsup --skip-torch --steps 10"
+    one=(--batch-sizes 128 --objectives simcse_unsup --no-torch --steps 10)
     for variant in default no_triton_gemm autotune0; do
       case "$variant" in
         default) flags="" ;;
         no_triton_gemm) flags="--xla_gpu_enable_triton_gemm=false" ;;
         autotune0) flags="--xla_gpu_autotune_level=0" ;;
       esac
-      XLA_FLAGS="$flags" "$PY" benchmarks/gpu.py $one --breakdown --out "$OUT/$variant"
+      XLA_FLAGS="$flags" "${STEP[@]}" "${one[@]}" --dropout-rng rbg --breakdown --out "$OUT/$variant"
     done
-    "$PY" benchmarks/gpu.py $one --dropout-rng threefry,rbg --out "$OUT/dropout_bits"
-    "$PY" benchmarks/gpu.py $one --profile "$OUT/profile" --out "$OUT/profile"
+    "${STEP[@]}" "${one[@]}" --dropout-rng threefry,rbg --out "$OUT/dropout_bits"
+    "${STEP[@]}" "${one[@]}" --dropout-rng rbg --profile "$OUT/profile" --out "$OUT/profile"
     ;;
   smoke)
-    "$PY" benchmarks/gpu.py --model tiny --batch-sizes 16 --steps 3 --warmup 1 --matmul-n 256 \
+    "${STEP[@]}" --model tiny --batch-sizes 16 --steps 3 --warmup 1 --matmul-n 256 \
       --dropout-rng threefry,rbg --breakdown --out "$OUT"
     ;;
   *)

@@ -28,17 +28,18 @@ the three points nearest the last one), and once the budget is bracketed refines
 prediction (bisection when a fit step does not halve the bracket) until the
 bracket is one chunk wide. One JSON line per compile, then one per method.
 
-    python benchmarks/grad_cache.py [--batches 64,256,1024] [--chunk 32] [--seq 16]
-    python benchmarks/grad_cache.py --max-batch-budget-gib 20 --seq 32
+    python -m benchmarks.grad_cache [--batches 64,256,1024] [--chunk 32] [--seq 16]
+    python -m benchmarks.grad_cache --max-batch-budget-gib 20 --seq 32
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import time
+
+from benchmarks.harness import emit, machine, time_calls
 
 GIB = 2**30
 
@@ -170,21 +171,17 @@ def main(argv=None) -> int:
         return cached_chunked(p, batch, batch, rng=key)
 
     rng = np.random.default_rng(0)
-    print(
-        json.dumps(
-            {
-                "bench": "grad_cache",
-                "model": args.model or "all-MiniLM-L6-v2",
-                "hidden": enc.hidden_size,
-                "seq": args.seq,
-                "chunk": args.chunk,
-                "backend": jax.default_backend(),
-                "jax": jax.__version__,
-                "budget_GiB": args.max_batch_budget_gib,
-                "loss_chunk": args.loss_chunk if args.max_batch_budget_gib else None,
-            }
-        ),
-        flush=True,
+    emit(
+        {
+            "bench": "grad_cache",
+            "model": args.model or "all-MiniLM-L6-v2",
+            "hidden": enc.hidden_size,
+            "seq": args.seq,
+            "chunk": args.chunk,
+            **machine(),
+            "budget_GiB": args.max_batch_budget_gib,
+            "loss_chunk": args.loss_chunk if args.max_batch_budget_gib else None,
+        }
     )
     if args.max_batch_budget_gib is not None:
         key = jax.random.key(0)
@@ -213,7 +210,7 @@ def main(argv=None) -> int:
                     "out_MiB": round(mem.output_size_in_bytes / 2**20, 1),
                     "compile_s": round(time.perf_counter() - t0, 1),
                 }
-                print(json.dumps(row), flush=True)
+                emit(row)
                 return step_bytes(mem)
 
             lo, hi, points = largest_batch(
@@ -224,20 +221,17 @@ def main(argv=None) -> int:
                 max_compiles=args.max_compiles,
             )
             at_lo = dict(points).get(lo)
-            print(
-                json.dumps(
-                    {
-                        "bench": "grad_cache_budget",
-                        "mode": mode,
-                        "budget_GiB": args.max_batch_budget_gib,
-                        "largest_B": lo,
-                        "first_failing_B": hi,
-                        "total_MiB_at_largest": None if at_lo is None else round(at_lo / 2**20, 1),
-                        "param_MiB": round(param_mib, 1),
-                        "compiles": len(points),
-                    }
-                ),
-                flush=True,
+            emit(
+                {
+                    "bench": "grad_cache_budget",
+                    "mode": mode,
+                    "budget_GiB": args.max_batch_budget_gib,
+                    "largest_B": lo,
+                    "first_failing_B": hi,
+                    "total_MiB_at_largest": None if at_lo is None else round(at_lo / 2**20, 1),
+                    "param_MiB": round(param_mib, 1),
+                    "compiles": len(points),
+                }
             )
         return 0
     for b in (int(v) for v in args.batches.split(",")):
@@ -262,15 +256,11 @@ def main(argv=None) -> int:
                 "compile_s": round(compile_s, 1),
             }
             if b <= args.time_max:
-                jax.block_until_ready(compiled(params, batch, key))
-                times = []
-                for _ in range(args.repeats):
-                    t0 = time.perf_counter()
-                    jax.block_until_ready(compiled(params, batch, key))
-                    times.append(time.perf_counter() - t0)
+                times, _ = time_calls(lambda: compiled(params, batch, key), repeats=args.repeats,
+                                      warmup=1, sync=jax.block_until_ready)
                 row["step_s"] = round(statistics.median(times), 3)
                 row["sentences_per_s"] = round(b / statistics.median(times), 1)
-            print(json.dumps(row), flush=True)
+            emit(row)
     return 0
 
 

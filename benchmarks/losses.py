@@ -6,65 +6,31 @@ shuffle, per-group covariance ``XᵀX / N`` detached, ``torch.linalg.eigh``,
 ``W = U diag(λ^-1/2) Uᵀ``, ``bmm``, un-shuffle), eager. Both run in the same
 process, interleaved call by call; we report the median and the minimum of the
 repeats (on a shared machine the minimum is the less load-sensitive one) and
-the speed-up by both. One JSON line per case.
+the speed-up by both. One JSON line per case. The PyTorch functions are
+:mod:`benchmarks.torch_reference`'s (the same the train-step benchmark uses).
 
 With a CUDA torch and ``--torch-device cuda`` the PyTorch side runs on the GPU
 with the decomposition forced onto the CPU as the official code does
 (``linalg_device='cpu'``); ``torch_gpu_eigh_ms`` then also times eigh on the GPU.
 
-    python benchmarks/losses.py [--quick] [--repeats N] [--torch-device cpu|cuda]
+    python -m benchmarks.losses [--quick] [--repeats N] [--torch-device cpu|cuda]
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import statistics
-import sys
-import time
 from functools import partial
 
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _machine import cpu_name  # noqa: E402
-
-
-def torch_info_nce(a, p, temperature=0.05):
-    import torch
-    import torch.nn.functional as F
-
-    logits = F.normalize(a, dim=-1) @ F.normalize(p, dim=-1).T / temperature
-    return F.cross_entropy(logits, torch.arange(a.shape[0]))
-
-
-def torch_shuffled_group_whitening(x, num_groups, linalg_device=None):
-    """Official WhitenedCSE SGW: shuffle, group, centre, detached eigh-ZCA, un-shuffle."""
-    import torch
-
-    n, d = x.shape
-    idx = torch.randperm(d, device=x.device)
-    xs = x[:, idx]
-    xg = xs.view(n, num_groups, d // num_groups).transpose(0, 1)  # [G, N, c]
-    xc = xg - xg.mean(dim=1, keepdim=True)
-    covs = (xc.transpose(1, 2) @ xc / n).detach()
-    lam, u = torch.linalg.eigh(covs if linalg_device is None else covs.to(linalg_device))
-    w = (u @ torch.diag_embed(lam.rsqrt()) @ u.transpose(1, 2)).to(x.device)
-    out = (xc @ w).transpose(0, 1).reshape(n, d)
-    return out[:, torch.argsort(idx)]
+from benchmarks.harness import emit, interleave, machine
 
 
 def _time_steps(steps, repeats):
-    """Interleaved timing of several zero-argument steps: {name: (median_ms, min_ms)}."""
-    for step in steps.values():
-        step()  # warm-up (and compile)
-    times = {name: [] for name in steps}
-    for _ in range(repeats):
-        for name, step in steps.items():
-            t0 = time.perf_counter()
-            step()
-            times[name].append(time.perf_counter() - t0)
+    """Interleaved timing of zero-argument steps after one warm-up (and compile) round:
+    ``{name: (median_ms, min_ms)}``."""
+    times = interleave(steps, repeats=repeats, warmup=1)
     return {name: (statistics.median(t) * 1e3, min(t) * 1e3) for name, t in times.items()}
 
 
@@ -76,7 +42,7 @@ def _record(fields, timings, ref="torch"):
     ref_med, ref_min = timings[ref]
     out["speedup_median"] = round(ref_med / timings["jax"][0], 2)
     out["speedup_min"] = round(ref_min / timings["jax"][1], 2)
-    print(json.dumps(out), flush=True)
+    emit(out)
 
 
 def main(argv=None) -> int:
@@ -90,24 +56,14 @@ def main(argv=None) -> int:
     import jax.numpy as jnp
     import torch
 
+    from benchmarks.torch_reference import info_nce as torch_info_nce
+    from benchmarks.torch_reference import shuffled_group_whitening as torch_sgw_fn
     from jaxembed.losses import info_nce, shuffled_group_whitening
 
     d = 768
     batches = (64, 128) if args.quick else (64, 128, 512, 4096)
     rng = np.random.default_rng(0)
-    machine = f"{cpu_name()} ({os.cpu_count()} cores)"
-    print(
-        json.dumps(
-            {
-                "bench": "losses",
-                "machine": machine,
-                "jax": jax.__version__,
-                "torch": torch.__version__,
-                "torch_threads": torch.get_num_threads(),
-                "backend": jax.default_backend(),
-            }
-        )
-    )
+    emit({"bench": "losses", **machine()})
     mix = np.eye(d) + rng.standard_normal((d, d)) / np.sqrt(d)
     for b in batches:
         repeats = args.repeats or (15 if b <= 128 else 6 if b <= 512 else 3)
@@ -141,7 +97,8 @@ def main(argv=None) -> int:
 
             def torch_sgw(linalg_device=("cpu" if dev.type == "cuda" else None), groups=groups):
                 x_t = x_t0.clone().requires_grad_(True)
-                (torch_shuffled_group_whitening(x_t, groups, linalg_device) * r_t).sum().backward()
+                out = torch_sgw_fn(x_t, groups, linalg_device=linalg_device)
+                (out * r_t).sum().backward()
                 sync()
 
             steps = {"torch": torch_sgw}
@@ -196,18 +153,16 @@ def main(argv=None) -> int:
         zg = z.reshape(512, 128, 6)
         zc = zg - zg.mean(0)
         cov = np.einsum("bgi,bgj->gij", zc, zc) / 512
-        print(
-            json.dumps(
-                {
-                    "bench": "losses",
-                    "accuracy": method,
-                    **kw,
-                    "groups": 128,
-                    "B": 512,
-                    "max_abs_cov_minus_I": float(np.abs(cov - np.eye(6)).max()),
-                    "rel_dist_to_zca": float(np.abs(z - ref).max() / np.abs(ref).max()),
-                }
-            )
+        emit(
+            {
+                "bench": "losses",
+                "accuracy": method,
+                **kw,
+                "groups": 128,
+                "B": 512,
+                "max_abs_cov_minus_I": float(np.abs(cov - np.eye(6)).max()),
+                "rel_dist_to_zca": float(np.abs(z - ref).max() / np.abs(ref).max()),
+            }
         )
     return 0
 

@@ -1,4 +1,4 @@
-"""PyTorch reference train steps for the throughput benchmarks.
+"""PyTorch references for the throughput benchmarks: the losses and a whole train step.
 
 The same work as jaxembed's objectives, written the way the official code
 writes it: ``transformers.BertModel`` (SDPA attention, no pooler) -> raw [CLS]
@@ -29,20 +29,24 @@ def _float32_island(fn):
 
 
 @_float32_island
-def info_nce(a: torch.Tensor, p: torch.Tensor, temperature: float) -> torch.Tensor:
+def info_nce(a: torch.Tensor, p: torch.Tensor, temperature: float = 0.05) -> torch.Tensor:
+    """SimCSE's loss: cross-entropy over the cosine matrix / ``temperature``."""
     logits = F.normalize(a.float(), dim=-1) @ F.normalize(p.float(), dim=-1).T / temperature
     return F.cross_entropy(logits, torch.arange(a.shape[0], device=a.device))
 
 
 @_float32_island
-def shuffled_group_whitening(x: torch.Tensor, num_groups: int, eps: float) -> torch.Tensor:
+def shuffled_group_whitening(x: torch.Tensor, num_groups: int, eps: float = 0.0,
+                             linalg_device: str | None = None) -> torch.Tensor:
+    """Official SGW: shuffle, group, centre, detached eigh-ZCA, un-shuffle. ``linalg_device``
+    runs the decomposition there (the official code: ``'cpu'``, even when training on a GPU)."""
     n, d = x.shape
     perm = torch.randperm(d, device=x.device)
     xs = x.float()[:, perm].reshape(n, num_groups, d // num_groups).transpose(0, 1)  # [G, n, c]
     xc = xs - xs.mean(dim=1, keepdim=True)
     cov = (xc.transpose(1, 2) @ xc / n).detach()                                      # [G, c, c]
-    lam, u = torch.linalg.eigh(cov)
-    w = u @ torch.diag_embed((lam + eps).rsqrt()) @ u.transpose(1, 2)
+    lam, u = torch.linalg.eigh(cov if linalg_device is None else cov.to(linalg_device))
+    w = (u @ torch.diag_embed((lam + eps).rsqrt()) @ u.transpose(1, 2)).to(x.device)
     out = (xc @ w).transpose(0, 1).reshape(n, d)
     return out[:, torch.argsort(perm)]
 

@@ -18,8 +18,14 @@ singular: without an epsilon the ZCA matrix is infinite and the loss NaN, so
 ``get_config("tiny")``: a random 2-layer model, 6 steps (for smoke tests).
 """
 
+import pathlib
+import runpy
+
 from jaxembed.assets import QUICKSTART
 from jaxembed.train.config import TrainConfig
+
+# configs are loaded by path, not as a package: the shared ``:tiny`` helper sits beside this file
+variant = runpy.run_path(str(pathlib.Path(__file__).with_name("_common.py")))["variant"]
 
 
 def get_config(arg=None):
@@ -45,9 +51,4 @@ def get_config(arg=None):
         keep=2,
         seed=0,
     )
-    if arg == "tiny":
-        cfg = cfg.replace(model="tiny-random", num_groups=4, batch_size=16, max_length=16, steps=6,
-                          eval_every=3, save_every=3)
-    elif arg:
-        raise ValueError(f"unknown config arg {arg!r} (use 'tiny' or nothing)")
-    return cfg
+    return variant(cfg, arg, num_groups=4, steps=6, eval_every=3, save_every=3)

@@ -22,8 +22,14 @@ Data: ``$JAXEMBED_DATA/nli_for_simcse.csv`` if present, else triplets built from
 the SentEval-format SNLI dev split (``snli:DIR:dev``, 2,954 triplets).
 """
 
-from jaxembed.assets import QUICKSTART, shared_data, wiki1m_corpus
+import pathlib
+import runpy
+
+from jaxembed.assets import QUICKSTART, shared_data
 from jaxembed.train.config import TrainConfig
+
+# configs are loaded by path, not as a package: the shared ``:tiny`` helper sits beside this file
+variant = runpy.run_path(str(pathlib.Path(__file__).with_name("_common.py")))["variant"]
 
 DATA = shared_data()
 
@@ -53,10 +59,4 @@ def get_config(arg=None):
         keep=2,
         seed=42,
     )
-    if arg == "tiny":
-        cfg = cfg.replace(model="tiny-random", data=f"snli:{DATA / 'corpora' / 'snli_senteval'}:dev",
-                          batch_size=16, max_length=16, steps=4, eval_every=2, save_every=2,
-                          mixed_precision=False)
-    elif arg:
-        raise ValueError(f"unknown config arg {arg!r} (use 'tiny' or nothing)")
-    return cfg
+    return variant(cfg, arg, data=f"snli:{DATA / 'corpora' / 'snli_senteval'}:dev")

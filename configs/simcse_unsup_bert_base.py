@@ -18,8 +18,14 @@ Data: ``$JAXEMBED_DATA/corpora/wiki1m/wiki1m_for_simcse.txt`` (the full
 1M-line file); when only the 11,914-line prefix is present it is used instead.
 """
 
+import pathlib
+import runpy
+
 from jaxembed.assets import QUICKSTART, wiki1m_corpus
 from jaxembed.train.config import TrainConfig
+
+# configs are loaded by path, not as a package: the shared ``:tiny`` helper sits beside this file
+variant = runpy.run_path(str(pathlib.Path(__file__).with_name("_common.py")))["variant"]
 
 
 def get_config(arg=None):
@@ -43,10 +49,4 @@ def get_config(arg=None):
         keep=2,
         seed=42,
     )
-    if arg == "tiny":
-        cfg = cfg.replace(model="tiny-random", data=str(QUICKSTART / "wiki1m_first2500.txt"),
-                          batch_size=16, max_length=16, steps=4, eval_every=2, save_every=2,
-                          mixed_precision=False)
-    elif arg:
-        raise ValueError(f"unknown config arg {arg!r} (use 'tiny' or nothing)")
-    return cfg
+    return variant(cfg, arg, data=str(QUICKSTART / "wiki1m_first2500.txt"))

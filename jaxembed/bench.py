@@ -1,17 +1,24 @@
-"""``jaxembed bench NAME``: run ``benchmarks/NAME.py`` from a source checkout."""
+"""``jaxembed bench NAME``: run the benchmark ``benchmarks/NAME.py`` of a source checkout.
+
+The benchmarks are a package beside ``jaxembed`` (not installed with it): from
+the repository root they run as ``python -m benchmarks.NAME``; this command
+runs exactly that, in a fresh process with the checkout on ``PYTHONPATH``, so it
+works from any directory (relative paths in the arguments stay relative to it).
+"""
 
 from __future__ import annotations
 
 import argparse
+import os
 import pathlib
-import runpy
+import subprocess
 import sys
 
-NAMES = ("losses", "encode", "train_step", "align", "scaling", "grad_cache", "gemm", "gpu")
+NAMES = ("losses", "encode", "train_step", "align", "scaling", "grad_cache", "gemm")
 
 
-def _benchmarks_dir() -> pathlib.Path:
-    return pathlib.Path(__file__).resolve().parent.parent / "benchmarks"
+def _checkout() -> pathlib.Path:
+    return pathlib.Path(__file__).resolve().parent.parent
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -21,11 +28,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    script = _benchmarks_dir() / f"{args.name}.py"
-    if not script.exists():
-        print(f"jaxembed bench: {script} not found; benchmarks run from a source checkout",
-              file=sys.stderr)
+    root = _checkout()
+    if not (root / "benchmarks" / f"{args.name}.py").exists():
+        print(f"jaxembed bench: {root / 'benchmarks'} not found; benchmarks run from a source "
+              "checkout", file=sys.stderr)
         return 2
-    sys.argv = [str(script), *args.script_args]
-    runpy.run_path(str(script), run_name="__main__")
-    return 0
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(root), env.get("PYTHONPATH")) if p)
+    cmd = [sys.executable, "-m", f"benchmarks.{args.name}", *args.script_args]
+    return subprocess.run(cmd, env=env, check=False).returncode

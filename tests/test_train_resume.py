@@ -120,11 +120,10 @@ def step_losses(workdir, key: str = "loss") -> dict[int, float]:
 
 
 @pytest.fixture(scope="module")
-def reference_run(tmp_path_factory, tiny_bert_dir):
+def reference_run(tmp_path_factory, tiny_bert_dir, module_rng):
     """One uninterrupted 8-device run (shared by the resume and multi-host tests)."""
     tmp = tmp_path_factory.mktemp("reference")
-    rng = np.random.default_rng(int.from_bytes(os.urandom(4), "little"))
-    cfg = write_config(tmp, tiny_bert_dir, rng)
+    cfg = write_config(tmp, tiny_bert_dir, module_rng)
     out = subprocess.run(train_cmd(cfg, tmp / "work"), env=train_env(tmp), capture_output=True,
                          text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]

@@ -16,7 +16,7 @@ reaches it, and one compiled shape beats re-compiles).
 
 Example::
 
-    loader = BatchLoader(corpus, tokenize, batch_size=64, max_length=32, seed=0)
+    loader = BatchLoader(corpus, tokenize, batch_size=64, seed=0)  # tokenize pads to 32
     for step, batch in zip(range(10), loader):
         batch["input_ids"].shape   # (64, n_text_columns, 32)
     loader.position                # 10

@@ -6,10 +6,12 @@ among all candidates (every positive of the batch, then every hard negative).
 
 from __future__ import annotations
 
+from collections.abc import Hashable
 from functools import partial
 
 import jax
 import jax.numpy as jnp
+from jax.typing import ArrayLike
 
 from jaxembed.losses._checks import (
     HIGHEST,
@@ -134,15 +136,15 @@ def _gather(x, axis_name):
 
 
 def info_nce(
-    anchors,
-    positives,
-    negatives=None,
+    anchors: ArrayLike,
+    positives: ArrayLike,
+    negatives: ArrayLike | None = None,
     *,
-    temperature=0.05,
+    temperature: ArrayLike = 0.05,
     similarity: str = "cosine",
-    axis_name=None,
-    chunk_size=None,
-):
+    axis_name: Hashable | tuple[Hashable, ...] | None = None,
+    chunk_size: int | None = None,
+) -> jax.Array:
     r"""InfoNCE / NT-Xent with in-batch negatives and optional hard negatives.
 
     Args:

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+from jax.typing import ArrayLike
 
 from jaxembed.losses._checks import as_float32, check_same_shape
 
 __all__ = ["pair_features", "distill_mse"]
 
 
-def pair_features(u, v):
+def pair_features(u: ArrayLike, v: ArrayLike) -> jax.Array:
     r"""InferSent/DSE pair features ``[u, v, u ⊙ v, |u − v|]``.
 
     Args:
@@ -38,7 +39,7 @@ def pair_features(u, v):
     return jnp.concatenate([u, v, u * v, jnp.abs(u - v)], axis=-1)
 
 
-def distill_mse(student_scores, teacher_scores):
+def distill_mse(student_scores: ArrayLike, teacher_scores: ArrayLike) -> jax.Array:
     r"""DSE distillation loss: batch mean of the summed squared logit error.
 
     Args:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+from jax.typing import ArrayLike
 
 from jaxembed.losses._checks import (
     HIGHEST,
@@ -16,7 +17,7 @@ from jaxembed.losses._checks import (
 __all__ = ["alignment", "uniformity"]
 
 
-def alignment(x, y, *, alpha=2):
+def alignment(x: ArrayLike, y: ArrayLike, *, alpha: float = 2) -> jax.Array:
     r"""Alignment of positive pairs, :math:`\mathbb{E}_i \|x_i - y_i\|_2^{\alpha}` (lower: better).
 
     Args:
@@ -44,7 +45,7 @@ def alignment(x, y, *, alpha=2):
     return jnp.mean(jnp.where(sq > 0, jnp.maximum(sq, 1e-30) ** (0.5 * alpha), 0.0))
 
 
-def uniformity(x, *, t=2):
+def uniformity(x: ArrayLike, *, t: float = 2) -> jax.Array:
     r"""Uniformity, :math:`\log \frac{2}{B(B-1)} \sum_{i<j} e^{-t \|x_i - x_j\|_2^2}`.
 
     Lower is better.

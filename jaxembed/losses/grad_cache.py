@@ -27,7 +27,7 @@ from jaxembed.losses._checks import check_positive_int
 __all__ = ["grad_cache", "chunk_keys"]
 
 
-def chunk_keys(rng, input_index: int, num_chunks: int):
+def chunk_keys(rng: jax.Array | None, input_index: int, num_chunks: int) -> jax.Array | None:
     """Dropout keys of GradCache: ``fold_in(fold_in(rng, input_index), j)`` for chunk ``j``.
 
     Returns a [num_chunks] key array (or ``None`` for ``rng=None``). Both passes

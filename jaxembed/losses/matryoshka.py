@@ -52,7 +52,13 @@ def _truncate(x, dim: int, normalize: bool):
     return l2_normalize(x.astype(jnp.float32)) if normalize else x
 
 
-def matryoshka(loss_fn: Callable, dims, weights=None, *, normalize: bool = True) -> Callable:
+def matryoshka(
+    loss_fn: Callable[..., jax.Array],
+    dims: Sequence[int],
+    weights: Sequence[float] | None = None,
+    *,
+    normalize: bool = True,
+) -> Callable[..., jax.Array]:
     r"""Wrap ``loss_fn`` so it is applied to every prefix ``[..., :d]`` of its embeddings.
 
     Args:
@@ -114,17 +120,17 @@ def _layer_weights(layer_weights, num_prior: int) -> jnp.ndarray:
 
 
 def matryoshka_2d(
-    loss_fn: Callable,
-    dims,
+    loss_fn: Callable[..., jax.Array],
+    dims: Sequence[int],
     *,
-    dim_weights=None,
-    layer_weights=None,
-    last_layer_weight=1.0,
-    prior_layers_weight=1.0,
-    kl_weight=1.0,
-    kl_temperature=0.3,
+    dim_weights: Sequence[float] | None = None,
+    layer_weights: Sequence[float] | str | None = None,
+    last_layer_weight: float = 1.0,
+    prior_layers_weight: float = 1.0,
+    kl_weight: float = 1.0,
+    kl_temperature: float = 0.3,
     normalize: bool = True,
-) -> Callable:
+) -> Callable[..., jax.Array]:
     r"""2D Matryoshka: the Matryoshka loss on every layer, plus a KL to the last layer.
 
     This is sentence-transformers' ``Matryoshka2dLoss`` (= ``AdaptiveLayerLoss``

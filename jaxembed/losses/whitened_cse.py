@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Hashable
+
 import jax
+from jax.typing import ArrayLike
 
 from jaxembed.losses._checks import as_float32, check_ndim
 from jaxembed.losses.contrastive import info_nce
@@ -12,19 +15,19 @@ __all__ = ["whitened_cse"]
 
 
 def whitened_cse(
-    views,
-    key,
+    views: ArrayLike,
+    key: jax.Array,
     *,
-    num_groups,
-    temperature=0.05,
-    eps=0.0,
+    num_groups: int,
+    temperature: ArrayLike = 0.05,
+    eps: float = 0.0,
     method: str = "eigh",
-    projection=None,
+    projection: Callable[[jax.Array], jax.Array] | None = None,
     stop_gradient: bool = True,
     iterations: int = 5,
-    axis_name=None,
-    chunk_size=None,
-):
+    axis_name: Hashable | tuple[Hashable, ...] | None = None,
+    chunk_size: int | None = None,
+) -> jax.Array:
     r"""WhitenedCSE loss over ``P >= 2`` views (dropout passes) of each sentence.
 
     Args:

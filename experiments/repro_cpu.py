@@ -1,7 +1,7 @@
 """Reproduction study on CPU: no training vs unsupervised SimCSE vs WhitenedCSE on all-MiniLM-L6-v2.
 
-    .venv/bin/python benchmarks/repro_cpu.py --workdir /tmp/repro            # the default study
-    .venv/bin/python benchmarks/repro_cpu.py --steps 2 --batch-size 8 --seeds 1 \\
+    .venv/bin/python -m experiments.repro_cpu --workdir /tmp/repro            # the default study
+    .venv/bin/python -m experiments.repro_cpu --steps 2 --batch-size 8 --seeds 1 \\
         --tasks STSBenchmark --workdir /tmp/repro_smoke --budget-minutes 0  # smoke run
 
 What it runs. For every pooling in ``--poolings`` (``cls_before_pooler``, the
@@ -102,8 +102,7 @@ import statistics
 import sys
 import time
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
-from _sts_study import (  # noqa: E402
+from experiments._sts_study import (
     ALL_TASKS,
     REPO,
     SHORT,

@@ -1,7 +1,7 @@
 """DSE distillation on CPU: all-MiniLM-L6-v2 teaches its own first layers on pair scores.
 
-    .venv/bin/python benchmarks/distill_cpu.py --workdir /tmp/distill           # the default run
-    .venv/bin/python benchmarks/distill_cpu.py --steps 2 --max-pairs 64 \\
+    .venv/bin/python -m experiments.distill_cpu --workdir /tmp/distill           # the default run
+    .venv/bin/python -m experiments.distill_cpu --steps 2 --max-pairs 64 \\
         --tasks STSBenchmark --workdir /tmp/distill_smoke                        # smoke run
 
 Steps:
@@ -57,8 +57,7 @@ import statistics
 import sys
 import time
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
-from _sts_study import (  # noqa: E402
+from experiments._sts_study import (
     ALL_TASKS,
     REPO,
     SHORT,
@@ -179,14 +178,11 @@ def speed_sentences(args) -> list[str]:
 
 def measure_speed(encoders: dict, sentences: list[str], *, batch_size: int, repeats: int) -> dict:
     """Median sentences/s of each encoder on the same sentences, rounds interleaved."""
-    times = {name: [] for name in encoders}
-    for enc in encoders.values():  # warm-up: compile every bucket shape
-        enc.encode(sentences, batch_size=batch_size)
-    for _ in range(repeats):
-        for name, enc in encoders.items():
-            t0 = time.perf_counter()
-            enc.encode(sentences, batch_size=batch_size)
-            times[name].append(time.perf_counter() - t0)
+    from benchmarks.harness import interleave
+
+    calls = {name: (lambda enc=enc: enc.encode(sentences, batch_size=batch_size))
+             for name, enc in encoders.items()}
+    times = interleave(calls, repeats=repeats, warmup=1)  # warm-up: compiles every bucket shape
     return {name: len(sentences) / statistics.median(ts) for name, ts in times.items()}
 
 

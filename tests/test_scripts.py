@@ -1,36 +1,39 @@
-"""Smoke test of the reproduction-study scripts (``benchmarks/repro_cpu.py``, ``distill_cpu.py``).
+"""The benchmark and experiment scripts, end to end (marker ``scripts``).
 
-Both run end to end on the random 2-layer ``tiny_bert_dir`` model with the
-tiniest settings (one step, STS-B only, evaluation truncated to 32 tokens) on a
-corpus and pairs drawn at random from the shared data; the test checks the JSON
-lines, the resume logic, the per-method training configs and that the
-truncated student is exactly the teacher's first layer. Most of its time is
-the two ``train`` calls' compilation of the 8-device step (~30 s each on the
-loaded 2-core machine).
+Not part of the default ``pytest -q`` (they cost minutes, most of it compiling
+train steps); CI runs them once with ``pytest -q -m scripts``. Each script runs
+once, with the tiniest settings that still take every code path:
+
+* ``experiments/repro_cpu.py`` and ``distill_cpu.py`` on the random 2-layer
+  ``tiny_bert_dir`` model (one step, STS-B only, evaluation truncated to 32
+  tokens) on a corpus and pairs drawn from the shared data: the JSON lines, the
+  resume logic, the per-method training configs, and that the truncated
+  student is exactly the teacher's first layer;
+* ``benchmarks/train_step.py`` as ``gpu.sh smoke`` runs it (tiny model, both
+  objectives, both frameworks), in-process;
+* ``jaxembed bench`` launching a benchmark module from another directory, and
+  ``scaling.py --replot`` of the saved sweep.
 """
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
+import os
 import pathlib
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 
-BENCH = pathlib.Path(__file__).resolve().parent.parent / "benchmarks"
+from benchmarks import train_step
+from benchmarks.harness import json_lines
+from experiments import distill_cpu as distill
+from experiments import repro_cpu as repro
 
-
-def _load(name: str):
-    spec = importlib.util.spec_from_file_location(f"_bench_{name}", BENCH / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def _json_lines(text: str) -> list[dict]:
-    return [json.loads(x) for x in text.splitlines() if x.startswith("{")]
+REPO = pathlib.Path(__file__).resolve().parent.parent
+pytestmark = pytest.mark.scripts
 
 
 def _finite_scores(row: dict, tasks) -> None:
@@ -39,7 +42,6 @@ def _finite_scores(row: dict, tasks) -> None:
         assert math.isfinite(v) and -100.0 <= v <= 100.0
 
 
-@pytest.mark.slow
 def test_repro_and_distill_scripts_end_to_end(tiny_bert_dir, shared_data, tmp_path, capsys, rng):
     wiki = shared_data / "corpora" / "wiki1m" / "wiki1m_for_simcse.prefix.txt"
     snli = shared_data / "corpora" / "snli_senteval"
@@ -52,7 +54,6 @@ def test_repro_and_distill_scripts_end_to_end(tiny_bert_dir, shared_data, tmp_pa
     corpus.write_text("\n".join(lines[i] for i in rng.choice(len(lines), 64, replace=False)) + "\n")
 
     # ---- repro_cpu: "none" + one SimCSE step, mean pooling, STS-B
-    repro = _load("repro_cpu")
     work = tmp_path / "repro"
     argv = [
         "--model",
@@ -84,7 +85,7 @@ def test_repro_and_distill_scripts_end_to_end(tiny_bert_dir, shared_data, tmp_pa
     ]
     assert repro.main(argv) == 0
     out = capsys.readouterr().out
-    rows = _json_lines(out)
+    rows = json_lines(out)
     assert [(r["method"], r["pooling"], r["seed"]) for r in rows] == [
         ("none", "mean", None),
         ("simcse_unsup", "mean", 0),
@@ -132,7 +133,6 @@ def test_repro_and_distill_scripts_end_to_end(tiny_bert_dir, shared_data, tmp_pa
     )
 
     # ---- distill_cpu: teacher = tiny 2-layer model, student = its first layer, random SNLI pairs
-    distill = _load("distill_cpu")
     pairs = tmp_path / "snli"
     pairs.mkdir()
     s1 = (snli / "s1.dev").read_text(encoding="utf-8").splitlines()
@@ -174,7 +174,7 @@ def test_repro_and_distill_scripts_end_to_end(tiny_bert_dir, shared_data, tmp_pa
         )
         == 0
     )
-    rows = _json_lines(capsys.readouterr().out)
+    rows = json_lines(capsys.readouterr().out)
     models = [r for r in rows if "model" in r]
     assert [(r["model"], r["layers"]) for r in models] == [
         ("teacher", 2),
@@ -208,20 +208,55 @@ def test_repro_and_distill_scripts_end_to_end(tiny_bert_dir, shared_data, tmp_pa
     np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-5, atol=1e-5)
 
 
-def test_gpu_benchmark_runs_on_cpu(tmp_path, capsys):
-    """``benchmarks/gpu.py`` (what ``gpu.sh`` runs on a lent card) end to end on the
-    tiny model: both objectives, both sides, a finite loss, FLOPs from the formula,
-    and the whitening groups defaulting to 6 channels (hidden 96 -> 16 groups)."""
-    gpu = _load("gpu")
-    assert gpu.main(["--model", "tiny", "--batch-sizes", "8", "--steps", "1", "--warmup", "1",
-                     "--matmul-n", "128", "--dropout-rng", "threefry", "--out", str(tmp_path)]) == 0
-    rows = [r for r in _json_lines(capsys.readouterr().out) if r.get("bench") == "gpu_train_step"]
-    assert {r["objective"] for r in rows} == {"simcse_unsup", "whitenedcse"}
+def test_train_step_benchmark_runs_on_cpu(tmp_path, capsys):
+    """``benchmarks/train_step.py`` (what ``gpu.sh`` runs on a lent card) end to end on
+    the tiny model: both objectives, both frameworks, a finite loss, FLOPs equal for
+    both sides, the speed-up paired by objective, and the whitening groups defaulting
+    to 6 channels (hidden 96 -> 16 groups)."""
+    argv = ["--model", "tiny", "--batch-sizes", "8", "--steps", "1", "--warmup", "0",
+            "--matmul-n", "128", "--cases", "jax,torch", "--out", str(tmp_path)]
+    assert train_step.main(argv) == 0
+    rows = [r for r in json_lines(capsys.readouterr().out) if r.get("bench") == "train_step"]
+    assert sorted((r["case"], r["objective"]) for r in rows) == [
+        ("jax", "simcse_unsup"), ("jax", "whitenedcse"),
+        ("torch", "simcse_unsup"), ("torch", "whitenedcse")]
     for r in rows:
-        assert r["jax_loss_finite"] and r["torch_loss_finite"]
-        assert r["jax_step_s"] > 0 and r["torch_step_s"] > 0
-    saved = _json_lines((tmp_path / "results.jsonl").read_text())
-    assert [r["objective"] for r in saved if r.get("bench") == "gpu_train_step"] == \
-        [r["objective"] for r in rows]
+        assert r["loss_finite"] and r["step_s"] > 0 and r["compile_s"] > 0
+        views = 3 if r["objective"] == "whitenedcse" else 2
+        assert r["flops_per_step"] == train_step.step_flops(
+            train_step.model_config("tiny"), seq_len=32, sequences=8 * views)
+    jax_rows = {r["objective"]: r for r in rows if r["case"] == "jax"}
+    torch_rows = {r["objective"]: r for r in rows if r["case"] == "torch"}
+    for objective, r in jax_rows.items():
+        assert r["speedup_vs_torch"] == pytest.approx(
+            torch_rows[objective]["step_s"] / r["step_s"])
+    saved = json_lines((tmp_path / "results.jsonl").read_text())
+    assert saved[0]["bench"] == "train_step_header" and saved[1:] == rows
+    assert train_step.num_groups(train_step.parse_args(["--model", "tiny"]), 96) == 16
     with pytest.raises(SystemExit):
-        gpu.main(["--model", "tiny", "--num-groups", "7"])
+        train_step.main(["--model", "tiny", "--num-groups", "7"])
+
+
+def test_bench_command_runs_a_benchmark_module_from_anywhere(tmp_path):
+    """``jaxembed bench NAME`` runs ``python -m benchmarks.NAME`` with the checkout
+    importable, whatever the working directory (no ``sys.path`` edits in scripts)."""
+    # the checkout goes on this process's sys.path only: the benchmark's own process
+    # can import it only through what ``jaxembed bench`` passes on
+    code = (f"import sys; sys.path.insert(0, {str(REPO)!r}); from jaxembed.cli import main; "
+            "sys.exit(main(['bench', 'train_step', '--help']))")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "Train-step throughput" in out.stdout and "--dropout-rng" in out.stdout
+
+
+def test_scaling_replots_the_saved_sweep(tmp_path, capsys):
+    from benchmarks import scaling
+
+    png = tmp_path / "scaling.png"
+    saved = REPO / "benchmarks" / "results" / "train_scaling.jsonl"
+    assert scaling.main(["--replot", str(saved), "--png", str(png)]) == 0
+    rows = json_lines(capsys.readouterr().out)
+    assert len(rows) == len(saved.read_text().splitlines()) and png.stat().st_size > 0
+    assert {r["sweep"] for r in rows} == {"batch", "devices"}
