@@ -170,3 +170,39 @@ def test_every_parameter_has_logical_axes_and_loaded_params_fit_init(tmp_path, r
         init = jax.tree_util.tree_map(lambda a: a.shape, nn.unbox(variables)["params"])
         loaded = stack_layers(ckpt.params, cfg.num_hidden_layers) if scan else ckpt.params
         assert init == jax.tree_util.tree_map(np.shape, loaded)
+
+
+def test_bf16_norms_and_embedding_scale_round_exactly_as_transformers(rng):
+    """In bf16 the order of cast and multiply shows: Llama casts the normalised x and then
+    multiplies by w, Gemma multiplies by (1 + w) in float32 and then casts (each differs from
+    the other order on ~30% of elements); Gemma's sqrt(H) is rounded to bf16 first."""
+    import torch
+    from transformers.models.gemma2.modeling_gemma2 import (
+        Gemma2RMSNorm,
+        Gemma2TextScaledWordEmbedding,
+    )
+    from transformers.models.llama.modeling_llama import LlamaRMSNorm
+
+    from jaxembed.models.decoder.layers import Embedding, RMSNorm
+
+    bf16 = dict(dtype=jnp.bfloat16, param_dtype=jnp.bfloat16)
+    x = (3 * rng.standard_normal((4, 8, 64))).astype(np.float32)
+    for torch_cls, offset in ((LlamaRMSNorm, 0.0), (Gemma2RMSNorm, 1.0)):
+        w = (1 - offset + 0.3 * rng.standard_normal(64)).astype(np.float32)
+        norm = torch_cls(64, eps=1e-6).to(torch.bfloat16)
+        norm.weight.data = torch.tensor(w).to(torch.bfloat16)
+        with torch.no_grad():
+            want = norm(torch.tensor(x).to(torch.bfloat16)).float().numpy()
+        got = RMSNorm(1e-6, offset, offset == 1.0, **bf16).apply(
+            {"params": {"scale": jnp.asarray(w, jnp.bfloat16)}}, jnp.asarray(x, jnp.bfloat16))
+        np.testing.assert_array_equal(np.asarray(got, np.float32), want, err_msg=str(torch_cls))
+
+    table = rng.standard_normal((16, 3072)).astype(np.float32)
+    ids = rng.integers(0, 16, (2, 5))
+    embed = Gemma2TextScaledWordEmbedding(16, 3072, 0, embed_scale=3072**0.5).to(torch.bfloat16)
+    embed.weight.data = torch.tensor(table).to(torch.bfloat16)
+    with torch.no_grad():
+        want = embed(torch.tensor(ids)).float().numpy()
+    got = Embedding(16, 3072, 3072**0.5, **bf16).apply(
+        {"params": {"embedding": jnp.asarray(table, jnp.bfloat16)}}, jnp.asarray(ids))
+    np.testing.assert_array_equal(np.asarray(got, np.float32), want)

@@ -219,14 +219,17 @@ def _rope_dict(value, where: str) -> dict:
     return dict(value)
 
 
-def _ropes(d: dict, model_type: str, types: list[str]) -> tuple[tuple, tuple]:
+def _ropes(d: dict, model_type: str, types: list[str], max_positions: int) -> tuple[tuple, tuple]:
     scaling = _rope_dict(d.get("rope_scaling"), "rope_scaling")
     params = _rope_dict(d.get("rope_parameters"), "rope_parameters")
+    if d.get("partial_rotary_factor") not in (None, 1, 1.0):
+        raise ValueError(f"partial_rotary_factor {d['partial_rotary_factor']} is not supported")
     if model_type != "gemma3_text":
         if any(k in params for k in (FULL, SLIDING)):
             raise ValueError(f"{model_type}: rope_parameters must not be per layer type")
         theta = d.get("rope_theta") or _DEFAULT_THETA
-        rope = RopeConfig.from_hf(scaling or params, theta=theta)
+        rope = RopeConfig.from_hf(scaling or params, theta=theta,
+                                  max_position_embeddings=max_positions)
         return (rope,), (0,) * len(types)
     if params and not any(k in params for k in (FULL, SLIDING)):
         raise ValueError("gemma3_text: rope_parameters must be keyed by layer type")
@@ -242,7 +245,8 @@ def _ropes(d: dict, model_type: str, types: list[str]) -> tuple[tuple, tuple]:
     ropes = []
     for t in (FULL, SLIDING):
         per_type[t].pop("truncate", None)  # transformers reads YaRN's truncate at the top level
-        ropes.append(RopeConfig.from_hf(per_type[t], theta=thetas[t]))
+        ropes.append(RopeConfig.from_hf(per_type[t], theta=thetas[t],
+                                        max_position_embeddings=max_positions))
     return tuple(ropes), tuple(0 if t == FULL else 1 for t in types)
 
 
@@ -270,7 +274,9 @@ def config_from_hf(d: dict[str, Any]) -> DecoderConfig:
     if model_type in ("qwen2", "qwen3") and not get("use_sliding_window"):
         sliding_window = None
     types = _layer_types(get, model_type, num_layers, sliding_window)
-    ropes, layer_ropes = _ropes(d, model_type, types)
+    max_positions = get("max_position_embeddings")
+    _check_int("max_position_embeddings", max_positions, model_type)
+    ropes, layer_ropes = _ropes(d, model_type, types, max_positions)
     attention_bias = bool(get("attention_bias")) if model_type != "mistral" else False
     return DecoderConfig(
         model_type=model_type,
@@ -281,7 +287,7 @@ def config_from_hf(d: dict[str, Any]) -> DecoderConfig:
         num_attention_heads=heads,
         num_key_value_heads=get("num_key_value_heads") or heads,
         head_dim=head_dim,
-        max_position_embeddings=get("max_position_embeddings"),
+        max_position_embeddings=max_positions,
         layer_windows=_windows(get, model_type, types, sliding_window),
         ropes=ropes,
         layer_ropes=layer_ropes,

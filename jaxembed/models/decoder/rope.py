@@ -107,10 +107,12 @@ class RopeConfig:
             raise ValueError("llama3 rope needs low_freq_factor != high_freq_factor")
 
     @classmethod
-    def from_hf(cls, params: dict[str, Any], *, theta: float) -> "RopeConfig":
+    def from_hf(cls, params: dict[str, Any], *, theta: float,
+                max_position_embeddings: int) -> "RopeConfig":
         """From one HF rope dict (``rope_type``, else legacy ``type``); ``theta`` is used when
-        the dict has no ``rope_theta``. Keys the rope type does not read are ignored, as
-        transformers does."""
+        the dict has no ``rope_theta``, ``max_position_embeddings`` when llama3/yarn have no
+        ``original_max_position_embeddings`` (as transformers). Keys the rope type does not
+        read are ignored, as transformers does."""
         rope_type = params.get("rope_type") or params.get("type") or "default"
         if rope_type not in ROPE_TYPES:
             raise ValueError(f"unsupported rope_type {rope_type!r}; supported: {ROPE_TYPES}")
@@ -118,6 +120,8 @@ class RopeConfig:
         if partial not in (None, 1, 1.0):
             raise ValueError(f"partial_rotary_factor {partial} is not supported (only 1.0)")
         kwargs = {f: params[_HF_KEYS[f]] for f in _READS[rope_type] if _HF_KEYS[f] in params}
+        if "original_max_position_embeddings" in _READS[rope_type]:
+            kwargs.setdefault("original_max_position_embeddings", max_position_embeddings)
         if rope_type == "yarn":
             kwargs["truncate"] = bool(params.get("truncate", True))
         theta = params.get("rope_theta") or theta
