@@ -99,7 +99,8 @@ def test_early_exit_runs_only_the_needed_layers(tmp_path, rng):
 
 def test_scan_with_remat_matches_the_unrolled_model_and_its_gradients(tmp_path, rng):
     """Gemma 3 (two attention kinds: local/global windows and RoPE bases) under nn.scan."""
-    build("gemma3", tmp_path, int(rng.integers(2**31)))
+    build("gemma3", tmp_path, int(rng.integers(2**31)), num_hidden_layers=3,
+          layer_types=["sliding_attention", "full_attention", "sliding_attention"])
     ckpt = load_decoder(tmp_path)
     cfg = ckpt.config
     ids, mask = padded_batch(rng, cfg.vocab_size)

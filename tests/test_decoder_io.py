@@ -211,8 +211,12 @@ def test_bad_checkpoints_are_refused_with_the_reason(tmp_path, rng):
     path.unlink()
     with pytest.raises(FileNotFoundError, match="no model.safetensors"):
         load_decoder(tmp_path)
+    params = hf_to_flax(base, cfg)
     with pytest.raises(ValueError, match="prefix must be"):
-        save_decoder(tmp_path / "out", cfg, hf_to_flax(base, cfg), prefix="transformer.")
+        save_decoder(tmp_path / "out", cfg, params, prefix="transformer.")
+    untied = dataclasses.replace(cfg, tie_word_embeddings=False)
+    with pytest.raises(ValueError, match=r"needs extra\['lm_head.weight'\]"):
+        save_decoder(tmp_path / "out", untied, params)
 
 
 def test_bad_inputs_are_refused_with_the_reason():

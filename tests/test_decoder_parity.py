@@ -4,8 +4,9 @@ left and right with mixed lengths in one batch, and the export read back by tran
 
 Tolerance: float32 rounding grows with the residual stream's magnitude (up to ~12 here,
 Gemma scales embeddings by sqrt(H)), so errors are judged relative to max(1, max |ref|):
-``RTOL = 1e-5``. Stress run (JAXEMBED_TEST_SEED=0..29, all variants): the largest ratio
-error / scale was 1.1e-6.
+``RTOL = 1e-5``. Stress run (seeds 0..29, every variant, both attention implementations,
+all hidden states and poolings): the largest error / scale was 5.8e-6 (gemma3_bidirectional,
+6 layers of bidirectional mixing), at most 3.0e-6 for every other variant.
 """
 
 from __future__ import annotations

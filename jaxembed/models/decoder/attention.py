@@ -45,8 +45,9 @@ IMPLEMENTATIONS = ("auto", "xla", "dot_product")
 
 
 def window_mask(attention_mask: jax.Array, window: tuple) -> jax.Array:
-    """``attention_mask`` [B, S] (1 = real token), ``window = (left, right)`` ->
-    ``keep`` [B, 1, S, S] bool: ``keep[b, 0, t, s] = mask[b, s] and -right <= t - s <= left``."""
+    """``attention_mask`` [B, S] (1 = real token), ``window = (left, right)`` (ints, traced
+    scalars or None) -> ``keep`` [B, 1, S, S] bool:
+    ``keep[b, 0, t, s] = mask[b, s] and -right <= t - s <= left``."""
     S = attention_mask.shape[1]
     idx = jnp.arange(S)
     distance = idx[:, None] - idx[None, :]  # t - s
@@ -94,7 +95,9 @@ def attend(
 
 
 class Attention(nn.Module):
-    """Projections (+ q/k norm) + RoPE + :func:`attend` + output projection."""
+    """Projections (+ q/k norm) + RoPE + :func:`attend` + output projection. The mask is
+    built here from the padding mask and the layer's window, so under ``jit`` it is fused
+    into the score computation instead of living in memory as [B, 1, T, T] per layer."""
 
     config: DecoderConfig
     implementation: str = "auto"
@@ -102,7 +105,7 @@ class Attention(nn.Module):
     param_dtype: Dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, x, keep, cos, sin):
+    def __call__(self, x, attention_mask, window, cos, sin):
         cfg = self.config
         H, N, K, D = cfg.hidden_size, cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
@@ -121,6 +124,7 @@ class Attention(nn.Module):
                         scale_in_float32=cfg.norm_scale_in_float32, axis_name="kv", **kw)
             q, k = RMSNorm(**norm, name="q_norm")(q), RMSNorm(**norm, name="k_norm")(k)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        keep = window_mask(attention_mask, window)
         ctx = attend(q, k, v, keep, scale=cfg.attention_scale,
                      softcap=cfg.attn_logit_softcapping, implementation=self.implementation)
         ctx = nn.with_logical_constraint(ctx, ("batch", "seq", "heads", "kv"))

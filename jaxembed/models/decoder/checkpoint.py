@@ -167,6 +167,9 @@ def save_decoder(folder: str | pathlib.Path, config: DecoderConfig, params: dict
 
     if prefix not in ("", "model."):
         raise ValueError(f"prefix must be '' or 'model.', got {prefix!r}")
+    if prefix and not config.tie_word_embeddings and "lm_head.weight" not in (extra or {}):
+        raise ValueError("an untied *ForCausalLM folder needs extra['lm_head.weight'] (kept by "
+                         "load_decoder); write a bare model with prefix='' instead")
     folder = pathlib.Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     state = {prefix + k: v for k, v in flax_to_hf(params, config).items()}

@@ -1,4 +1,5 @@
-"""Building blocks of the decoder: RMSNorm, multi-axis projections and the gated MLP.
+"""Building blocks of the decoder: RMSNorm, multi-axis projections, the gated MLP and the
+token embedding.
 
 * :class:`RMSNorm` ``y = x / sqrt(mean(x^2) + eps) * (offset + w)`` with the statistics in
   float32. Llama/Qwen/Mistral (``offset = 0``, ``w`` initialised to 1) cast the normalised
@@ -7,6 +8,7 @@
 * :class:`Projection` ``y = einsum(equation, x, kernel) (+ bias)`` with kernels that keep
   the head axes apart, e.g. ``[H, N, D]`` for queries, so every axis has a logical name.
 * :class:`GatedMLP` ``down(act(gate(x)) * up(x))``, ``[B, L, H] -> [B, L, F] -> [B, L, H]``.
+* :class:`Embedding` token rows gathered in ``param_dtype``, then cast (and scaled).
 
 Example::
 

@@ -17,15 +17,15 @@ run in float32. ``attention`` picks the implementation (``attention.IMPLEMENTATI
 ``remat`` rematerialises each layer in the backward pass. ``scan_layers`` runs the layers
 with ``nn.scan`` over stacked parameters (leading logical axis ``layers``): one compiled
 layer body instead of ``L``. Layers may differ (Gemma's sliding/global layers, Gemma 3's two
-RoPE bases): each distinct ``(window, rope)`` *kind* gets its own mask and cos/sin table,
-and the scanned body picks its kind by index, so every family can be scanned. Under scan,
+RoPE bases): each distinct ``(window, rope)`` *kind* gets its own window bounds and cos/sin
+table, and the scanned body picks its kind by index, so every family can be scanned. Under scan,
 ``output_layer`` still runs all layers (the parameters are one stacked array).
 
 Example::
 
-    cfg, params, extra = ...  # see ``checkpoint.load_decoder``
-    model = Decoder(cfg, dtype=jnp.bfloat16)
-    out = model.apply({"params": params}, ids, mask, output_hidden_states=True)
+    ckpt = load_decoder(folder)                      # config, params, extra, ...
+    model = Decoder(ckpt.config, dtype=jnp.bfloat16)
+    out = model.apply({"params": ckpt.params}, ids, mask, output_hidden_states=True)
 
 References: Touvron et al. 2023 (Llama); Qwen Team 2025 (Qwen3, arXiv 2505.09388);
 Gemma Team 2024/2025 (Gemma 2/3); ``transformers/models/*/modeling_*.py``.
@@ -42,7 +42,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxembed.models.decoder.attention import IMPLEMENTATIONS, Attention, window_mask
+from jaxembed.models.decoder.attention import IMPLEMENTATIONS, Attention
 from jaxembed.models.decoder.config import DecoderConfig
 from jaxembed.models.decoder.layers import Embedding, GatedMLP, RMSNorm
 from jaxembed.models.decoder.pooling import last_token_index
@@ -70,7 +70,7 @@ class DecoderLayer(nn.Module):
     param_dtype: Dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, x, keep, cos, sin):
+    def __call__(self, x, attention_mask, window, cos, sin):
         cfg = self.config
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
 
@@ -78,7 +78,8 @@ class DecoderLayer(nn.Module):
             return RMSNorm(cfg.rms_norm_eps, cfg.norm_offset, cfg.norm_scale_in_float32, **kw,
                            name=name)
 
-        h = Attention(cfg, self.attention, **kw, name="attn")(norm("attn_norm")(x), keep, cos, sin)
+        h = Attention(cfg, self.attention, **kw, name="attn")(
+            norm("attn_norm")(x), attention_mask, window, cos, sin)
         if cfg.sandwich_norms:
             h = norm("attn_post_norm")(h)
         x = x + h
@@ -101,13 +102,13 @@ class _ScanStep(nn.Module):
     param_dtype: Dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, x, per_layer, masks, cos, sin, prepend):
+    def __call__(self, x, per_layer, attention_mask, windows, cos, sin, prepend):
         kind, prepend_here = per_layer
         if prepend is not None:
             x = jnp.where(prepend_here, prepend_last_token(x, *prepend), x)
         layer = nn.remat(DecoderLayer, prevent_cse=False) if self.remat else DecoderLayer
         y = layer(self.config, self.attention, self.dtype, self.param_dtype, name="layer")(
-            x, masks[kind], cos[kind], sin[kind]
+            x, attention_mask, (windows[kind, 0], windows[kind, 1]), cos[kind], sin[kind]
         )
         return y, x
 
@@ -161,21 +162,23 @@ class Decoder(nn.Module):
         if self.attention not in IMPLEMENTATIONS:
             raise ValueError(f"unknown attention {self.attention!r}; choose from {IMPLEMENTATIONS}")
 
-    def _kind_tables(self, attention_mask, positions):
-        """Per attention kind: the mask [B, 1, T, T] and RoPE cos/sin [B, T, D]."""
+    def _kind_tables(self, positions):
+        """Per attention kind: the window ``(left, right)`` as ints (unbounded -> ``T``, which
+        no distance reaches) and RoPE cos/sin [B, T, D]."""
         cfg = self.config
+        T = positions.shape[1]
         kinds, layer_kind = cfg.attention_kinds()
-        masks, cos, sin = [], [], []
+        windows, cos, sin = [], [], []
         for window, rope in kinds:
             inv_freq, scale = inverse_frequencies(
                 cfg.ropes[rope], head_dim=cfg.head_dim,
                 max_position_embeddings=cfg.max_position_embeddings,
             )
             c, s = rope_tables(positions, inv_freq, scale)
-            masks.append(window_mask(attention_mask, window))
+            windows.append(tuple(T if w is None else w for w in window))
             cos.append(c)
             sin.append(s)
-        return layer_kind, masks, cos, sin
+        return layer_kind, windows, cos, sin
 
     @nn.compact
     def __call__(
@@ -198,7 +201,7 @@ class Decoder(nn.Module):
         B, T = input_ids.shape
         positions = jnp.arange(T)[None] if position_ids is None else position_ids
         positions = jnp.broadcast_to(positions, (B, T))
-        layer_kind, masks, cos, sin = self._kind_tables(attention_mask, positions)
+        layer_kind, windows, cos, sin = self._kind_tables(positions)
         prepend = None
         if token_prepending is not None:
             prepend = (token_prepending.placeholder_positions, last_token_index(attention_mask))
@@ -209,13 +212,14 @@ class Decoder(nn.Module):
                 _ScanStep,
                 variable_axes={"params": 0},
                 split_rngs={"params": True},
-                in_axes=(0, nn.broadcast, nn.broadcast, nn.broadcast, nn.broadcast),
+                in_axes=(0,) + (nn.broadcast,) * 5,
                 length=L,
                 metadata_params={nn.PARTITION_NAME: "layers"},
             )
             per_layer = (jnp.asarray(layer_kind, jnp.int32), jnp.asarray(active[:L]))
             x, inputs = scan(cfg, self.attention, self.remat, **kw, name="layers")(
-                x, per_layer, jnp.stack(masks), jnp.stack(cos), jnp.stack(sin), prepend
+                x, per_layer, attention_mask, jnp.asarray(windows, jnp.int32), jnp.stack(cos),
+                jnp.stack(sin), prepend,
             )
             hidden = [inputs[i] for i in range(L)]
         else:
@@ -226,8 +230,8 @@ class Decoder(nn.Module):
                     x = prepend_last_token(x, *prepend)
                 hidden.append(x)
                 k = layer_kind[i]
-                x = layer_cls(cfg, self.attention, **kw, name=f"layer_{i}")(x, masks[k], cos[k],
-                                                                             sin[k])
+                x = layer_cls(cfg, self.attention, **kw, name=f"layer_{i}")(
+                    x, attention_mask, windows[k], cos[k], sin[k])
         if stop == L:
             x = RMSNorm(cfg.rms_norm_eps, cfg.norm_offset, cfg.norm_scale_in_float32, **kw,
                         name="norm")(x)
