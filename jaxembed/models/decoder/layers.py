@@ -33,6 +33,10 @@ Dtype = Any
 _INIT_STD = 0.02
 
 
+def _normal(axes: tuple):
+    return nn.with_logical_partitioning(nn.initializers.normal(_INIT_STD), axes)
+
+
 class RMSNorm(nn.Module):
     """RMSNorm over the last axis (float32 statistics); ``axis_name`` is the logical name of
     the normalised axis (``embed`` for hidden states, ``kv`` for per-head q/k norms)."""
@@ -60,6 +64,12 @@ class RMSNorm(nn.Module):
             return (y * (self.offset + w.astype(jnp.float32))).astype(self.dtype)
         return y.astype(self.dtype) * (self.offset + w).astype(self.dtype)
 
+    @classmethod
+    def of(cls, config, *, name: str, axis_name: str = "embed", **kw) -> "RMSNorm":
+        """The norm a :class:`DecoderConfig` asks for (eps, offset, float32 multiply)."""
+        return cls(config.rms_norm_eps, config.norm_offset, config.norm_scale_in_float32,
+                   axis_name, **kw, name=name)
+
 
 class Projection(nn.Module):
     """``y = einsum(equation, x, kernel) + bias``; ``bias_axes=None`` means no bias, else the
@@ -76,7 +86,7 @@ class Projection(nn.Module):
     def __call__(self, x: jax.Array) -> jax.Array:
         kernel = self.param(
             "kernel",
-            nn.with_logical_partitioning(nn.initializers.normal(_INIT_STD), self.kernel_axes),
+            _normal(self.kernel_axes),
             self.kernel_shape,
             self.param_dtype,
         )
@@ -137,7 +147,7 @@ class Embedding(nn.Module):
     def __call__(self, ids: jax.Array) -> jax.Array:
         table = self.param(
             "embedding",
-            nn.with_logical_partitioning(nn.initializers.normal(_INIT_STD), ("vocab", "embed")),
+            _normal(("vocab", "embed")),
             (self.num_embeddings, self.features),
             self.param_dtype,
         )

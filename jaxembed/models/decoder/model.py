@@ -75,8 +75,7 @@ class DecoderLayer(nn.Module):
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
 
         def norm(name):
-            return RMSNorm(cfg.rms_norm_eps, cfg.norm_offset, cfg.norm_scale_in_float32, **kw,
-                           name=name)
+            return RMSNorm.of(cfg, name=name, **kw)
 
         h = Attention(cfg, self.attention, **kw, name="attn")(
             norm("attn_norm")(x), attention_mask, window, cos, sin)
@@ -233,8 +232,7 @@ class Decoder(nn.Module):
                 x = layer_cls(cfg, self.attention, **kw, name=f"layer_{i}")(
                     x, attention_mask, windows[k], cos[k], sin[k])
         if stop == L:
-            x = RMSNorm(cfg.rms_norm_eps, cfg.norm_offset, cfg.norm_scale_in_float32, **kw,
-                        name="norm")(x)
+            x = RMSNorm.of(cfg, name="norm", **kw)(x)
             hidden = hidden[:L] + [x]
         else:
             if not self.scan_layers and active[stop]:
