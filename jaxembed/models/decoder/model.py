@@ -91,12 +91,13 @@ class DecoderLayer(nn.Module):
 
 class _ScanStep(nn.Module):
     """One ``nn.scan`` step: the optional Token Prepending overwrite, then a layer. Carry is
-    the hidden state; the scanned input is ``(kind, prepend_here)``; it also emits the layer
-    input (``hidden_states[i]``)."""
+    the hidden state; the scanned input is ``(kind, prepend_here)``; with ``emit_inputs`` it
+    also emits the layer input (``hidden_states[i]``), else nothing (no [L, B, T, H] buffer)."""
 
     config: DecoderConfig
     attention: str = "auto"
     remat: bool = False
+    emit_inputs: bool = True
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
 
@@ -109,7 +110,7 @@ class _ScanStep(nn.Module):
         y = layer(self.config, self.attention, self.dtype, self.param_dtype, name="layer")(
             x, attention_mask, (windows[kind, 0], windows[kind, 1]), cos[kind], sin[kind]
         )
-        return y, x
+        return y, (x if self.emit_inputs else None)
 
 
 def resolve_output_layer(output_layer: Optional[int], num_layers: int) -> int:
@@ -216,11 +217,12 @@ class Decoder(nn.Module):
                 metadata_params={nn.PARTITION_NAME: "layers"},
             )
             per_layer = (jnp.asarray(layer_kind, jnp.int32), jnp.asarray(active[:L]))
-            x, inputs = scan(cfg, self.attention, self.remat, **kw, name="layers")(
+            emit = output_hidden_states or stop < L
+            x, inputs = scan(cfg, self.attention, self.remat, emit, **kw, name="layers")(
                 x, per_layer, attention_mask, jnp.asarray(windows, jnp.int32), jnp.stack(cos),
                 jnp.stack(sin), prepend,
             )
-            hidden = [inputs[i] for i in range(L)]
+            hidden = [inputs[i] for i in range(L)] if emit else []
         else:
             layer_cls = nn.remat(DecoderLayer) if self.remat else DecoderLayer
             hidden = []
