@@ -81,8 +81,9 @@ def test_family_defaults_match_transformers(model_type):
                   "num_attention_heads", "num_key_value_heads", "max_position_embeddings",
                   "rms_norm_eps", "tie_word_embeddings"):
         assert getattr(cfg, field) == getattr(hf, field), field
-    assert cfg.head_dim == (getattr(hf, "head_dim", None) or hf.hidden_size // hf.num_attention_heads)
-    types = [("full" if left is None else "sliding") + "_attention" for left, _ in cfg.layer_windows]
+    head_dim = getattr(hf, "head_dim", None) or hf.hidden_size // hf.num_attention_heads
+    assert cfg.head_dim == head_dim
+    types = [("full" if w is None else "sliding") + "_attention" for w, _ in cfg.layer_windows]
     sliding = getattr(hf, "sliding_window", None)
     assert types == list(getattr(hf, "layer_types", None) or
                          [("sliding" if sliding else "full") + "_attention"] * len(types))
