@@ -21,7 +21,8 @@ VARIANTS = {
         attention_bias=True, tie_word_embeddings=True), False),
     "qwen3_bidirectional_window": ("Qwen3Config", dict(
         use_sliding_window=True, sliding_window=3, max_window_layers=2, is_causal=False), False),
-    "qwen2_tied": ("Qwen2Config", dict(tie_word_embeddings=True), False),
+    # attention_bias is no Qwen2 field: transformers ignores it (q/k/v biased, o not)
+    "qwen2_tied": ("Qwen2Config", dict(tie_word_embeddings=True, attention_bias=True), False),
     "llama_linear_bias": ("LlamaConfig", dict(
         rope_parameters={"rope_type": "linear", "factor": 3.0, "rope_theta": 500.0},
         attention_bias=True, mlp_bias=True), True),

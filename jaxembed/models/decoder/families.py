@@ -5,7 +5,8 @@ class's defaults where the file is silent, and maps them onto the generic switch
 
 =============== =========================================================================
 ``llama``       ``attention_bias`` (q/k/v/o), ``mlp_bias``, explicit ``head_dim``
-``qwen2``       q/k/v bias (no o bias); sliding layers from ``use_sliding_window``,
+``qwen2``       q/k/v bias, no o bias (``attention_bias`` ignored, as transformers);
+                sliding layers from ``use_sliding_window``,
                 ``sliding_window``, ``max_window_layers`` or ``layer_types``
 ``qwen3``       Qwen2's windows, no q/k/v bias unless ``attention_bias``, q/k RMSNorm
 ``mistral``     ``sliding_window`` on every layer (``null`` = full attention)
@@ -277,7 +278,8 @@ def config_from_hf(d: dict[str, Any]) -> DecoderConfig:
     max_positions = get("max_position_embeddings")
     _check_int("max_position_embeddings", max_positions, model_type)
     ropes, layer_ropes = _ropes(d, model_type, types, max_positions)
-    attention_bias = bool(get("attention_bias")) if model_type != "mistral" else False
+    # Qwen2 hard-codes q/k/v biases and no o bias, Mistral no biases: both ignore the key
+    attention_bias = model_type not in ("qwen2", "mistral") and bool(get("attention_bias"))
     return DecoderConfig(
         model_type=model_type,
         vocab_size=get("vocab_size"),
