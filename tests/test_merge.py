@@ -96,7 +96,8 @@ def test_task_arithmetic_matches_float64(rng, jit):
         taus = [_get(m, path) - b for m in m64]
         ref = b + sum(w * t for w, t in zip(weights, taus))
         # float32: n+1 roundings of the differences/products and n of the sums, each
-        # relative to the magnitude of the terms (not of the possibly cancelling result)
+        # relative to the magnitude of the terms (not of the possibly cancelling result);
+        # the largest error seen is 2.8 of the 8 units of this bound (40 seeds)
         bound = (2 * n + 2) * U32 * (np.abs(b) + sum(abs(w) * np.abs(t)
                                                      for w, t in zip(weights, taus)))
         assert leaf.dtype == _get(base, path).dtype
@@ -140,7 +141,7 @@ def test_linear_matches_float64(rng):
     uniform = linear(models)
     mean = jax.tree.map(lambda *xs: np.mean([np.asarray(x, np.float64) for x in xs], 0), *models)
     for a, b in zip(jax.tree.leaves(uniform), jax.tree.leaves(mean)):
-        _check_close(a, b, 8 * U32 * np.abs(b) + 1e-7, a.dtype)
+        _check_close(a, b, 8 * U32 * np.abs(b) + 1e-7, a.dtype)  # (1/3)-weighted sum
 
 
 # ------------------------------------------------------------------ slerp
@@ -164,9 +165,9 @@ def test_slerp_matches_float64(rng, t):
     out = slerp(a, b, t)
     for x, y, o in zip(jax.tree.leaves(_f64(a)), jax.tree.leaves(_f64(b)), jax.tree.leaves(out)):
         ref = _np_slerp(x, y, t)
-        # float32 angle from sums of up to 1280 products: measured error < 2e-6 relative
-        # to |a| + |b| over 50 seeds; 2e-5 leaves 10x margin
-        _check_close(o, ref, 2e-5 * (np.abs(x) + np.abs(y)), o.dtype)
+        # float32 angle from sums of up to 1280 products: max error 1.7e-7 relative to
+        # |a| + |b| over 40 seeds x t in {0.25, 0.5, 0.9}; 2e-6 leaves 12x margin
+        _check_close(o, ref, 2e-6 * (np.abs(x) + np.abs(y)), o.dtype)
 
 
 def test_slerp_endpoints_are_exact_and_norm_is_kept(rng):
@@ -192,10 +193,13 @@ def test_slerp_parallel_antiparallel_and_zero_fall_back_to_lerp(rng):
         out = slerp({"w": jnp.asarray(x, jnp.float32)}, {"w": jnp.asarray(y, jnp.float32)}, t)
         out = np.asarray(out["w"], np.float64)
         assert np.all(np.isfinite(out)), name
+        # inputs rounded to float32 (6e-8) and three float32 operations
         np.testing.assert_allclose(out, (1 - t) * x + t * y, rtol=1e-6, atol=1e-6, err_msg=name)
     zero = slerp({"w": jnp.zeros(8)}, {"w": jnp.zeros(8)}, 0.5)["w"]
     np.testing.assert_array_equal(zero, np.zeros(8))
-    # just inside the threshold: slerp proper, equal to the float64 reference
+    # inside the threshold (Ω ≈ 0.08): slerp proper. It differs from lerp by
+    # t(1-t)Ω²/2 ≈ 7e-4 relative, which rtol 1e-4 resolves; float32's arccos error
+    # there is ~1e-7 / sin Ω ≈ 1e-6
     y = x + 0.08 * np.linalg.norm(x) * rng.standard_normal(64) / 8
     cos = x @ y / np.linalg.norm(x) / np.linalg.norm(y)
     out = slerp({"w": jnp.asarray(x, jnp.float32)}, {"w": jnp.asarray(y, jnp.float32)}, t)["w"]
@@ -271,7 +275,8 @@ def test_dare_drops_and_rescales(rng):
         for x, y in zip(jax.tree.leaves(t), jax.tree.leaves(o)):
             x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
             keep = y != 0
-            np.testing.assert_allclose(y[keep], x[keep] / (1 - p), rtol=2 * U32 * 2)
+            # float32 x / fl(1 - p): two roundings
+            np.testing.assert_allclose(y[keep], x[keep] / (1 - p), rtol=4 * U32)
             kept, total = kept + keep.sum(), total + keep.size
     # 2592 Bernoulli(0.3) draws: sd of the kept fraction 0.009; 4.4 sd
     assert abs(kept / total - (1 - p)) < 0.04
@@ -354,14 +359,15 @@ def test_self_positioning_recovers_known_coefficients(rng):
     # the error by ~0.6 per step, so 150 steps reach float32 resolution
     res = self_positioning(_quadratic(target), base, taus, steps=150, lr=0.2,
                            optimizer=optax.sgd)
-    np.testing.assert_allclose(res.lambdas, lam_star, atol=1e-4)
+    # max |λ - λ*| over 8 seeds: 1.6e-7 (SGD), 1.8e-7 (Adam); merged params 1e-6
+    np.testing.assert_allclose(res.lambdas, lam_star, atol=1e-5)
     assert res.history.shape == (150,) and res.history[0] > 0.1
     assert res.final_loss < 1e-7 and res.groups == ("all",)
     for a, b in zip(jax.tree.leaves(res.params), jax.tree.leaves(target)):
-        np.testing.assert_allclose(a, b, atol=1e-4)
+        np.testing.assert_allclose(a, b, atol=1e-5)
     # the default (Adam) gets there too and the probe loss decreases
     adam = self_positioning(_quadratic(target), base, taus, steps=300, lr=0.05)
-    np.testing.assert_allclose(adam.lambdas, lam_star, atol=0.02)
+    np.testing.assert_allclose(adam.lambdas, lam_star, atol=1e-4)
     assert adam.history[-1] < 1e-3 * adam.history[0]
 
 
@@ -377,7 +383,7 @@ def test_self_positioning_per_layer_recovers_per_group_coefficients(rng):
     res = self_positioning(_quadratic(target), base, taus, steps=300, lr=1.0, per_layer=True,
                            optimizer=optax.sgd)
     assert res.groups == groups
-    np.testing.assert_allclose(res.lambdas, lam_star, atol=1e-3)
+    np.testing.assert_allclose(res.lambdas, lam_star, atol=1e-5)  # max error 1.5e-7, 8 seeds
     custom = self_positioning(_quadratic(target), base, taus, steps=0, lr=1.0,
                               group_fn=lambda path: path.split("/")[-1], init=0.5)
     assert custom.groups == ("embedding", "norm", "bias", "kernel")  # jax.tree order
@@ -397,7 +403,7 @@ def test_self_positioning_regulariser_matches_closed_form(rng):
                   for v in taus], 1)
     g = t.T @ t / t.shape[0]
     want = np.linalg.solve(g + rho * np.eye(3), g @ lam_star + rho * lam0)
-    np.testing.assert_allclose(res.lambdas, want, atol=1e-4)
+    np.testing.assert_allclose(res.lambdas, want, atol=1e-5)  # max error 9e-8, 8 seeds
     assert np.max(np.abs(want - lam_star)) > 0.01  # the penalty did move the optimum
 
 
@@ -406,11 +412,12 @@ def test_self_positioning_batches(rng):
     taus = task_vectors(base, [_f32_tree(rng, 1.0, like=base) for _ in range(2)])
     lam_a, lam_b = np.array([1.0, 0.0]), np.array([0.0, 1.0])
     targets = [task_arithmetic(base, taus, lam_a), task_arithmetic(base, taus, lam_b)]
-    # two batches alternate between two targets: the fixed point is (near) their midpoint
+    # two batches alternate between two targets: SGD ends in a 2-cycle around their
+    # midpoint, O(lr) away from it (max 0.0054 at lr 0.01 over 10 seeds)
     loss = lambda p, which: jax.lax.switch(which, [_quadratic(t) for t in targets], p)  # noqa
-    res = self_positioning(loss, base, taus, steps=400, lr=0.05, optimizer=optax.sgd,
+    res = self_positioning(loss, base, taus, steps=400, lr=0.01, optimizer=optax.sgd,
                            batches=[i % 2 for i in range(400)])
-    np.testing.assert_allclose(res.lambdas, [0.5, 0.5], atol=0.05)
+    np.testing.assert_allclose(res.lambdas, [0.5, 0.5], atol=0.02)
     seen = []
     with pytest.raises(ValueError, match="batches ran out after 2 of 3 steps"):
         self_positioning(loss, base, taus, steps=3, lr=0.1, batches=[0, 1],
@@ -459,7 +466,8 @@ def test_sharded_over_8_devices_equals_one_device(rng):
         assert many[name]["layer_1"]["kernel"].sharding.spec[0] == "fsdp", name
     for name in one:
         for a, b in zip(jax.tree.leaves(one[name]), jax.tree.leaves(many[name])):
-            # elementwise except slerp's per-tensor sums (device partial sums: ~1e-7)
+            # elementwise except slerp's per-tensor sums over device partial sums: max
+            # relative difference 2.5e-6 (slerp, task arithmetic; 6 seeds)
             np.testing.assert_allclose(np.asarray(a, np.float32), np.asarray(b, np.float32),
                                        rtol=1e-5, atol=1e-6, err_msg=name)
 
@@ -472,7 +480,8 @@ def test_sharded_over_8_devices_equals_one_device(rng):
     single = self_positioning(_quadratic(target), f32, taus, **kw)
     sharded = self_positioning(_quadratic(place(target, f32_sh)), place(f32, f32_sh),
                                [place(t, f32_sh) for t in taus], **kw)
-    # the loss's sum over 8 shards is reordered: float32 noise ~1e-7 on λ after 50 steps
-    np.testing.assert_allclose(sharded.lambdas, single.lambdas, atol=1e-5)
+    # the loss's sum over 8 shards is reordered: max |Δλ| 6e-8 and relative Δloss 1e-6
+    # after 50 steps over 6 seeds
+    np.testing.assert_allclose(sharded.lambdas, single.lambdas, atol=1e-6)
     np.testing.assert_allclose(sharded.history, single.history, rtol=1e-5)
     assert sharded.params["layer_1"]["kernel"].sharding.spec[0] == "fsdp"

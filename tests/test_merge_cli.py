@@ -111,7 +111,6 @@ def test_task_arithmetic_folder_loads_in_transformers_with_the_float64_weights(
 @pytest.mark.parametrize("method,extra", [
     ("linear", ["--weights", "1", "3"]),
     ("slerp", ["--weights", "0.3"]),
-    ("ties", ["--density", "0.5", "--scale", "0.8"]),
 ])
 def test_cli_methods_write_what_the_functions_compute(folders, params, tmp_path, capsys, method,
                                                      extra):
@@ -123,8 +122,6 @@ def test_cli_methods_write_what_the_functions_compute(folders, params, tmp_path,
     want = {
         "linear": lambda: merge.linear(inputs, [1.0, 3.0]),
         "slerp": lambda: merge.slerp(base, inputs[0], 0.3),
-        "ties": lambda: merge.ties(base, merge.task_vectors(base, inputs), density=0.5,
-                                   weights=[1.0, 1.0], scale=0.8),
     }[method]()
     got = _load(tmp_path).params
     for x, y in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
@@ -136,28 +133,37 @@ def test_cli_methods_write_what_the_functions_compute(folders, params, tmp_path,
                                        rtol=1e-6, err_msg=name)
 
 
-def test_dare_cli_passes_rate_seed_and_weights(folders, params, tmp_path, capsys, monkeypatch):
-    """The wiring only: ``dare`` itself is tested against NumPy in test_merge.py, and its
-    threefry masks compile for ~0.5 s of CPU per leaf shape (11 in BERT)."""
+def test_ties_and_dare_cli_pass_their_options(folders, params, tmp_path, capsys, monkeypatch):
+    """The wiring only: ``ties`` and ``dare`` are tested against NumPy in test_merge.py, and
+    on BERT they compile a sort / threefry kernel per leaf shape (~0.5 s of CPU each, 11)."""
     calls = []
 
+    def fake_ties(base, vectors, *, density, weights, scale):
+        calls.append(("ties", density, weights, scale))
+        return merge.task_arithmetic(base, vectors, [scale * w for w in weights])
+
     def fake_dare(vectors, *, drop_rate, key):
-        calls.append((drop_rate, jax.random.key_data(key)))
+        calls.append(("dare", drop_rate, jax.random.key_data(key)))
         return [jax.tree.map(lambda x: 2 * x, v) for v in vectors]
 
+    monkeypatch.setattr(merge, "ties", fake_ties)
     monkeypatch.setattr(merge, "dare", fake_dare)
-    rc, _, err = _run(capsys, "--method", "dare", "--base", folders["base"], "--models",
-                      folders["a"], folders["b"], "--drop-rate", 0.7, "--seed", 3,
-                      "--weights", 0.5, 0.25, "--out", tmp_path)
-    assert rc == 0, err
-    [(rate, key)] = calls
-    assert rate == 0.7
-    np.testing.assert_array_equal(key, jax.random.key_data(jax.random.key(3)))
     taus = merge.task_vectors(params["base"], [params["a"], params["b"]])
-    want = merge.task_arithmetic(params["base"], [jax.tree.map(lambda x: 2 * x, t) for t in taus],
-                                 [0.5, 0.25])
-    for x, y in zip(jax.tree.leaves(_load(tmp_path).params), jax.tree.leaves(want)):
-        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+    runs = {
+        "ties": (["--density", 0.4, "--scale", 0.8], [0.8, 0.8], taus),
+        "dare": (["--drop-rate", 0.7, "--seed", 3, "--weights", 0.5, 0.25], [0.5, 0.25],
+                 [jax.tree.map(lambda x: 2 * x, t) for t in taus]),
+    }
+    for method, (extra, weights, vectors) in runs.items():
+        rc, _, err = _run(capsys, "--method", method, "--base", folders["base"], "--models",
+                          folders["a"], folders["b"], "--out", tmp_path / method, *extra)
+        assert rc == 0, err
+        want = merge.task_arithmetic(params["base"], vectors, weights)
+        for x, y in zip(jax.tree.leaves(_load(tmp_path / method).params), jax.tree.leaves(want)):
+            np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+    assert calls[0] == ("ties", 0.4, [1.0, 1.0], 0.8)  # TIES weights default to 1 each
+    assert calls[1][:2] == ("dare", 0.7)
+    np.testing.assert_array_equal(calls[1][2], jax.random.key_data(jax.random.key(3)))
 
 
 def _write_probe(path, tasks=("sts", "qa"), per_task=4):
@@ -283,6 +289,8 @@ def test_probe_batches_are_task_balanced_and_seeded(tmp_path):
     np.testing.assert_array_equal(first["input_ids"], again["input_ids"])
     seen = {int(i) for _ in range(30) for i in next(batches)["input_ids"][0, 0, :, 0]}
     assert len(seen) == 6  # every row of the big task is drawn (each misses a draw w.p. 1/2)
+    with pytest.raises(ValueError, match="batch_size must be >= 2"):
+        probe_batches(p, _fake_tokenize, batch_size=1, seed=0)
 
 
 def test_probe_loss_is_the_mean_of_per_task_info_nce(rng):

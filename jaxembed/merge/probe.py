@@ -105,7 +105,7 @@ def probe_batches(
     """Endless batches of int32 arrays ``[T, C, b, L]`` (tasks, columns, rows, tokens),
     ``b`` rows per task drawn without replacement by ``np.random.default_rng(seed)``.
     ``tokenize(texts) -> {"input_ids", "attention_mask", "token_type_ids"}`` [N, L]
-    is called once on every text."""
+    is called once on every text, before this returns."""
     if batch_size < 2:
         raise ValueError(f"batch_size must be >= 2 (in-batch negatives), got {batch_size}")
     flat = [text for cols in probe.texts for col in cols for text in col]
@@ -118,11 +118,13 @@ def probe_batches(
                          for k, v in tokens.items()})
         start += size
     b = min(batch_size, min(len(cols[0]) for cols in probe.texts))
-    rng = np.random.default_rng(seed)
+    return _sample(per_task, b, np.random.default_rng(seed))
+
+
+def _sample(per_task: list[dict], b: int, rng: np.random.Generator) -> Iterator[dict]:
     while True:
         rows = [rng.choice(t["input_ids"].shape[1], b, replace=False) for t in per_task]
-        yield {k: np.stack([t[k][:, r] for t, r in zip(per_task, rows)])
-               for k in per_task[0]}
+        yield {k: np.stack([t[k][:, r] for t, r in zip(per_task, rows)]) for k in per_task[0]}
 
 
 def probe_loss(embed: Callable, *, temperature: float = 0.05) -> Callable:
