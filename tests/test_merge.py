@@ -234,6 +234,19 @@ def _np_ties(taus, density, weights):
     return np.where(den > 0, num / np.where(den > 0, den, 1), 0.0)
 
 
+def test_kth_largest_equals_sort(rng):
+    from jaxembed.merge.sparsify import kth_largest
+
+    x = np.abs(rng.standard_normal(997)).astype(np.float32)
+    x[:50] = 0.0  # zeros and repeated values (not subnormals: XLA:CPU flushes them to 0)
+    x[50:80] = x[80]
+    order = np.sort(x)
+    for k in (1, 2, 17, 500, 946, 947, 948, 996, 997):
+        assert float(kth_largest(jnp.asarray(x), k)) == order[x.size - k], k
+    assert float(kth_largest(jnp.zeros(8), 3)) == 0.0
+    assert float(kth_largest(jnp.float32([1e-40, 2.0, 0.0]), 2)) == 0.0  # subnormal -> 0
+
+
 def test_ties_small_example_by_hand():
     taus = [{"w": jnp.array([3.0, -1.0, 0.5, 0.0])},
             {"w": jnp.array([-2.0, -2.0, 0.1, 0.0])},

@@ -127,7 +127,7 @@ def _self_positioning(args, base, vectors) -> dict:
     print(describe(probe, args.batch_size))
     batches = probe_batches(
         probe,
-        lambda texts: base.tokenize(texts, max_length=args.max_length),
+        lambda texts: base.tokenize(texts, max_length=min(args.max_length, base.max_length)),
         batch_size=args.batch_size,
         seed=args.seed,
     )
@@ -136,7 +136,8 @@ def _self_positioning(args, base, vectors) -> dict:
     def progress(step, loss, lam):
         if step % every == 0 or step == args.steps - 1:
             shown = np.array2string(lam.mean(axis=0) if lam.ndim == 2 else lam, precision=4)
-            print(f"step {step + 1}/{args.steps}  probe loss {loss:.5f}  lambda {shown}",
+            label = "lambda (mean over layers)" if lam.ndim == 2 else "lambda"
+            print(f"step {step + 1}/{args.steps}  probe loss {loss:.5f}  {label} {shown}",
                   flush=True)
 
     init = None if args.init is None else np.asarray(args.init)

@@ -13,7 +13,8 @@ handful of scalars and ``jax.grad`` flows through the model into ``λ`` via
 ``∂L/∂λᵢ = ⟨∂L/∂θ, τᵢ⟩``. The paper reports +0.7 MTEB average over joint
 multi-task training with a small task-balanced probe set.
 
-What the paper does not pin down (no official code was found) and we chose:
+What we could not find stated (we read the abstract and third-party summaries;
+the method section and official code were not available to us), and chose:
 
 * **parametrisation**: ``λ`` unconstrained (no softmax / simplex), so negative
   and > 1 coefficients are reachable, as in task arithmetic;
@@ -28,7 +29,10 @@ What the paper does not pin down (no official code was found) and we chose:
   jaxembed encoders; a scanned, stacked-layer tree would be one group), or any
   ``group_fn(path) -> name``;
 * **probe**: any ``loss_fn``; the ``jaxembed merge`` CLI uses a task-balanced
-  InfoNCE probe (:mod:`jaxembed.merge.probe`).
+  InfoNCE probe (:mod:`jaxembed.merge.probe`): every task weighs the same
+  whatever its number of pairs;
+* **probe size**: we use whatever probe file is given, drawing ``--batch-size``
+  (default 32) pairs per task per step.
 
 The merged parameters are built in float32 (see :mod:`jaxembed.merge.arithmetic`)
 inside one jitted step; ``base`` and ``vectors`` are passed as arguments (not
@@ -57,6 +61,8 @@ import optax
 
 from jaxembed.merge._tree import check_trees, leaves_with_paths
 from jaxembed.merge.arithmetic import combine_leaves
+
+_EXHAUSTED = object()  # sentinel for a finished ``batches`` iterator
 
 
 class SelfPositioningResult(NamedTuple):
@@ -185,5 +191,3 @@ def self_positioning(
     lambdas = np.asarray(lam) if grouped else np.asarray(lam[0])
     return SelfPositioningResult(lambdas, params, np.asarray(history), float(final_loss), groups)
 
-
-_EXHAUSTED = object()
