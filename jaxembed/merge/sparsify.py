@@ -13,10 +13,11 @@ explicit ``key``.
 3. *disjoint mean*: ``τ_m = Σ_{i∈A} wᵢ τ̂ᵢ / Σ_{i∈A} wᵢ`` over the tasks
    ``A = {i : sign(wᵢ τ̂ᵢ) = γ}`` that agree (0 where none does);
 
-and ``θ = θ₀ + scale · τ_m``. With unit weights this is the paper's Eq. (1)-(3);
+and ``θ = θ₀ + scale · τ_m``. With unit weights this is the paper's algorithm;
 the weighted form is mergekit's. We trim per tensor (mergekit) rather than over
-the whole flattened model (the paper's code): it needs no global sort and keeps
-every tensor's sharding.
+the whole flattened model (the paper's code): it needs no selection across
+tensors and keeps every tensor's sharding. The ``k``-th largest magnitude is
+found exactly by :func:`kth_largest` (a bisection, not a sort).
 
 **DARE** (Yu et al. 2024): every entry of every task vector is dropped with
 probability ``p = drop_rate`` and the survivors are rescaled by ``1 / (1 - p)``,
