@@ -48,13 +48,8 @@ from jaxembed.models.hub import resolve
 from jaxembed.models.pooling import POOLING_METHODS, l2_normalize, pool
 from jaxembed.models.st_format import read_st_settings, write_st_files
 from jaxembed.models.transformer import EncoderOutput, TransformerEncoder
-from jaxembed.models.weights import (
-    flax_to_hf,
-    hf_to_flax,
-    read_state_dict,
-    split_base_model,
-    write_safetensors,
-)
+from jaxembed.models.model_files import read_state_dict, write_safetensors
+from jaxembed.models.weights import flax_to_hf, hf_to_flax, split_base_model
 
 _TOKENIZER_FILES = (
     "tokenizer.json",
