@@ -69,3 +69,10 @@ def test_gradient_is_finite_at_a_zero_row_and_equals_torch(rng):
 
     naive = lambda v: v / jnp.maximum(jnp.linalg.norm(v, axis=-1, keepdims=True), 1e-12)
     assert np.isnan(np.asarray(jax.grad(lambda v: jnp.sum(naive(v) * w))(x))[3]).all()
+
+
+def test_encoders_use_the_shared_function():
+    from jaxembed.models import forward, pooling
+
+    assert forward.l2_normalize is l2_normalize
+    assert not hasattr(pooling, "l2_normalize")
