@@ -293,12 +293,16 @@ class Encoder:
         max_length: Optional[int] = None,
         progress: bool = False,
         chunk_batches: int = 32,
+        micro_batch_tokens: Optional[int] = None,
     ) -> np.ndarray:
         """``texts`` (N strings) -> [N, dim] float32 numpy, in input order.
 
-        Texts are tokenised in a worker thread a chunk of ``chunk_batches * batch_size``
-        ahead; sorted by token length, cut into batches padded to a few fixed shapes
-        (one compilation each), dispatched asynchronously (see ``inference.py``).
+        Texts are tokenised once, in a worker thread a chunk of ``chunk_batches *
+        batch_size`` ahead; sorted by token length, cut into batches padded to a few
+        fixed shapes (one compilation each), dispatched asynchronously (see
+        ``inference.py``). ``micro_batch_tokens`` splits each batch into ``lax.map``
+        steps of about that many tokens (``None``: 1024 on the CPU backend, where it
+        keeps activations in cache, and no split on accelerators; ``0``: no split).
         Empty strings encode (as [CLS][SEP]); texts longer than ``max_length`` tokens
         are truncated with a ``UserWarning``.
         """
@@ -309,6 +313,7 @@ class Encoder:
             max_length=max_length,
             progress=progress,
             chunk_batches=chunk_batches,
+            micro_batch_tokens=micro_batch_tokens,
         )
 
     def precompile(
@@ -318,6 +323,7 @@ class Encoder:
         batch_size: int = 64,
         max_length: Optional[int] = None,
         chunk_batches: int = 32,
+        micro_batch_tokens: Optional[int] = None,
     ) -> int:
         """Compile the encode step for every batch shape ``encode(texts, batch_size=...)``
         will use (for ``texts=None``: every length bucket at full ``batch_size`` rows), so
@@ -328,6 +334,7 @@ class Encoder:
             batch_size=batch_size,
             max_length=max_length,
             chunk_batches=chunk_batches,
+            micro_batch_tokens=micro_batch_tokens,
         )
 
     def __repr__(self) -> str:

@@ -7,11 +7,13 @@ each padded to a length bucket and a power-of-two row count, so shapes -- and
 compilations -- come from a small fixed set. Batches are dispatched
 asynchronously: the host pads batch k+1 while the device runs batch k.
 
-A batch of ``rows x length`` runs as ``lax.map`` over micro-batches of about
-``MICRO_BATCH_TOKENS`` tokens (a power-of-two number of rows): each layer's
-activations and ``[rows, heads, L, L]`` attention scores then stay in cache. On the
+On the CPU backend a batch of ``rows x length`` runs as ``lax.map`` over
+micro-batches of about ``MICRO_BATCH_TOKENS`` tokens, so that each layer's
+activations and ``[rows, heads, L, L]`` attention scores stay in cache; on the
 2-core benchmark CPU this made a 128 x 64 MiniLM batch ~30 % faster than one big
-batch (benchmarks/RESULTS.md). Rows are independent, so results are unchanged.
+batch (benchmarks/RESULTS.md). An accelerator wants the whole batch at once --
+sequential 4-row steps would leave it idle -- so elsewhere the default is off.
+Rows are independent, so the results do not depend on it.
 
 Example::
 
@@ -35,10 +37,17 @@ from jaxembed.models.tokenization import check_texts, pad, token_ids, warn_trunc
 MICRO_BATCH_TOKENS = 1024
 
 
+def default_micro_batch_tokens() -> int:
+    """``MICRO_BATCH_TOKENS`` on the CPU backend, 0 (no micro-batching) elsewhere."""
+    return MICRO_BATCH_TOKENS if jax.default_backend() == "cpu" else 0
+
+
 def micro_rows(rows: int, length: int, micro_batch_tokens: int) -> int:
     """Rows per micro-batch for a ``rows x length`` batch: the largest power of two
     with ``micro * length <= micro_batch_tokens`` (at least 1) if it divides ``rows``;
-    ``rows`` itself (one pass) when that is no split."""
+    ``rows`` itself (one pass) when that is no split or ``micro_batch_tokens <= 0``."""
+    if micro_batch_tokens <= 0:
+        return rows
     micro = 1
     while micro * 2 <= rows and micro * 2 * length <= micro_batch_tokens:
         micro *= 2
@@ -85,11 +94,13 @@ def _cached_step(module, pooling: str, normalize: bool, micro_batch_tokens: int)
     return EncodeStep(module, pooling, normalize, micro_batch_tokens)
 
 
-def encode_step(enc) -> EncodeStep:
+def encode_step(enc, micro_batch_tokens: Optional[int] = None) -> EncodeStep:
     """The step for ``enc``'s (module, pooling, normalize), shared across encoders
     (modules compare by config), so ``replace(params=...)`` or reloading a saved copy
-    reuses the compiled executables."""
-    return _cached_step(enc.module, enc.pooling, enc.normalize, MICRO_BATCH_TOKENS)
+    reuses the compiled executables. ``None``: :func:`default_micro_batch_tokens`."""
+    if micro_batch_tokens is None:
+        micro_batch_tokens = default_micro_batch_tokens()
+    return _cached_step(enc.module, enc.pooling, enc.normalize, int(micro_batch_tokens))
 
 
 def _ids(enc, texts, max_length: int):
@@ -116,6 +127,7 @@ def encode(
     max_length: Optional[int] = None,
     progress: bool = False,
     chunk_batches: int = 32,
+    micro_batch_tokens: Optional[int] = None,
 ) -> np.ndarray:
     """``texts`` (N strings) -> [N, enc.dim] float32 numpy, in input order (see the
     module docstring for the pipeline)."""
@@ -127,7 +139,7 @@ def encode(
     out = np.zeros((n, enc.dim), np.float32)
     if n == 0:
         return out
-    step = encode_step(enc)
+    step = encode_step(enc, micro_batch_tokens)
     span = batch_size * max(1, chunk_batches)
     starts = list(range(0, n, span))
     bar = None
@@ -178,6 +190,7 @@ def precompile(
     batch_size: int = 64,
     max_length: Optional[int] = None,
     chunk_batches: int = 32,
+    micro_batch_tokens: Optional[int] = None,
 ) -> int:
     """Compile the step for every batch shape ``encode(enc, texts, ...)`` will use (for
     ``texts=None``: every length bucket at full ``batch_size`` rows). Returns the number
@@ -196,7 +209,7 @@ def precompile(
                     [len(x) for x in ids], batch_size=batch_size, max_length=max_length
                 )
             }
-    step = encode_step(enc)
+    step = encode_step(enc, micro_batch_tokens)
     for rows, length in sorted(shapes):
         ids = np.full((rows, length), enc.pad_token_id, np.int32)
         mask = np.zeros((rows, length), np.int32)

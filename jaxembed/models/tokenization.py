@@ -1,7 +1,12 @@
 """Texts -> padded int32 token arrays, with a Hugging Face fast (Rust) tokenizer.
 
-Over-long texts are cut to ``max_length`` tokens (special tokens included) and
-counted; the caller warns once per call (:func:`warn_truncated`).
+Each text is tokenised once. Over-long texts are cut to ``max_length`` tokens
+(special tokens included) and counted: the tokenizer is asked for its overflow
+(``return_overflowing_tokens``), which gives the cut tail of a truncated text as
+extra rows mapped to the same text, so a text was truncated iff it owns more
+than one row -- exact, also for a text of exactly ``max_length`` tokens, and
+with no second tokenisation. The caller warns once per call
+(:func:`warn_truncated`).
 
 Example::
 
@@ -78,7 +83,7 @@ def preprocess(texts: Sequence[str], *, strip: bool, lower: bool) -> list[str]:
 def token_ids(
     tokenizer, texts: Sequence[str], *, max_length: int, strip: bool = False, lower: bool = False
 ):
-    """Tokenise without padding (after :func:`preprocess`).
+    """Tokenise without padding, each text once (after :func:`preprocess`).
 
     Returns ``(ids, types, n_truncated)``: ``ids`` a list of N token-id lists (at most
     ``max_length`` long), ``types`` the matching token-type lists or None, and
@@ -89,29 +94,25 @@ def token_ids(
             "this encoder has no tokenizer (the folder had none); "
             "feed input_ids to apply/embed directly"
         )
-    texts = preprocess(texts, strip=strip, lower=lower)
     tok = tokenizer(
-        texts,
+        preprocess(texts, strip=strip, lower=lower),
         truncation=True,
         max_length=max_length,
+        return_overflowing_tokens=True,
         padding=False,
         return_attention_mask=False,
         return_token_type_ids=True,
         verbose=False,
     )
     ids, types = tok["input_ids"], tok.get("token_type_ids")
-    at_limit = [texts[i] for i, x in enumerate(ids) if len(x) >= max_length]
+    owner = np.asarray(tok["overflow_to_sample_mapping"], np.int64)
     n_truncated = 0
-    if at_limit:  # a sequence of exactly max_length tokens may or may not have been cut
-        full = tokenizer(
-            at_limit,
-            truncation=False,
-            padding=False,
-            return_attention_mask=False,
-            return_token_type_ids=False,
-            verbose=False,
-        )["input_ids"]
-        n_truncated = sum(len(x) > max_length for x in full)
+    if len(owner) > len(texts):  # a text's first row is its kept head, the rest overflow
+        counts = np.bincount(owner, minlength=len(texts))
+        n_truncated = int(np.count_nonzero(counts > 1))
+        first = np.searchsorted(owner, np.arange(len(texts)))
+        ids = [ids[j] for j in first]
+        types = None if types is None else [types[j] for j in first]
     longest = max((len(x) for x in ids), default=0)
     if longest > max_length:
         raise ValueError(
