@@ -247,7 +247,8 @@ def test_encode_tokenises_each_text_once_and_counts_truncation_exactly(tiny, tin
     counting = _CountingTokenizer(tiny.tokenizer)
     enc = tiny.replace(tokenizer=counting)
     assert len(tiny.tokenizer("river", add_special_tokens=False)["input_ids"]) == 1
-    at_limit, over = " ".join(["river"] * 126), " ".join(["river"] * 127)  # 128 / 129 with [CLS] [SEP]
+    # 128 and 129 tokens with [CLS] and [SEP]
+    at_limit, over = " ".join(["river"] * 126), " ".join(["river"] * 127)
     texts = random_texts(rng, 5) + [at_limit, over, " ".join(["bank"] * 3000)]
     with pytest.warns(UserWarning, match=r"2 text\(s\) longer than max_length=128") as record:
         got = enc.encode(texts, batch_size=4, chunk_batches=1)

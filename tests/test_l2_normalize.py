@@ -21,7 +21,8 @@ def _rows(rng):
 
 def _torch_grad(x, w):
     t = torch.tensor(x, dtype=torch.float64, requires_grad=True)
-    (torch.nn.functional.normalize(t, dim=-1) * torch.tensor(w, dtype=torch.float64)).sum().backward()
+    weights = torch.tensor(w, dtype=torch.float64)
+    (torch.nn.functional.normalize(t, dim=-1) * weights).sum().backward()
     return t.grad.numpy()
 
 

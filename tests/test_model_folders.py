@@ -70,7 +70,7 @@ def edit_json(path, **changes):
         ({"hidden_act": ["gelu"]}, r"hidden_act must be a string"),
         ({"model_type": 5}, r"unsupported model_type 5"),
         ({"is_decoder": "no"}, r"is_decoder must be a bool"),
-        ({"vocab_size": 1000}, r"word_embeddings\.weight: expected \(1000, 32\), found \(30522, 32\)"),
+        ({"vocab_size": 1000}, r"word_embeddings\.weight: expected \(1000, 32\), found \(30522"),
     ],
 )
 def test_bad_config_field_is_named_with_the_file(folder, changes, message):
@@ -138,7 +138,9 @@ def _point_shard(folder, new_name):
     """Make every weight_map entry of the index's first shard name ``new_name``."""
     index = _index(folder)
     first = sorted(set(index["weight_map"].values()))[0]
-    index["weight_map"] = {k: (new_name if v == first else v) for k, v in index["weight_map"].items()}
+    index["weight_map"] = {
+        k: (new_name if v == first else v) for k, v in index["weight_map"].items()
+    }
     (folder / "model.safetensors.index.json").write_text(json.dumps(index))
     return first
 

@@ -38,7 +38,6 @@ from typing import Any, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from jaxembed.models import buckets, inference, loading, tokenization
 from jaxembed.models.config import EncoderConfig
@@ -97,66 +96,11 @@ class Encoder:
         self._hf_config = dict(hf_config or {})
 
     # ------------------------------------------------------------------ construction
-    @classmethod
-    def from_pretrained(
-        cls,
-        path_or_id,
-        *,
-        pooling: Optional[str] = None,
-        normalize: Optional[bool] = None,
-        max_length: Optional[int] = None,
-        dtype=jnp.float32,
-        param_dtype=jnp.float32,
-        remat: bool = False,
-        config_overrides: Optional[dict] = None,
-    ) -> "Encoder":
-        """Load a local folder or hub id (HF ``config.json`` + safetensors + tokenizer).
-
-        Explicit arguments win over a sentence-transformers folder's settings, which
-        win over the defaults (``mean``, no normalisation, the model's max length).
-        ``config_overrides`` changes ``EncoderConfig`` fields (e.g. dropout rates).
-        The folder is untrusted input: bad paths, sizes and types are ``ValueError``s
-        naming the file and field (see ``loading.py``).
-        """
-        return loading.load_pretrained(
-            cls,
-            path_or_id,
-            pooling=pooling,
-            normalize=normalize,
-            max_length=max_length,
-            dtype=dtype,
-            param_dtype=param_dtype,
-            remat=remat,
-            config_overrides=config_overrides,
-        )
-
-    @classmethod
-    def from_config(
-        cls,
-        config: EncoderConfig,
-        *,
-        key: jax.Array,
-        tokenizer=None,
-        pooling: str = "mean",
-        normalize: bool = False,
-        max_length: Optional[int] = None,
-        dtype=jnp.float32,
-        param_dtype=jnp.float32,
-        remat: bool = False,
-    ) -> "Encoder":
-        """A randomly initialised encoder (normal(0.02) weights, as HF)."""
-        return loading.init_random(
-            cls,
-            config,
-            key=key,
-            tokenizer=tokenizer,
-            pooling=pooling,
-            normalize=normalize,
-            max_length=max_length,
-            dtype=dtype,
-            param_dtype=param_dtype,
-            remat=remat,
-        )
+    # Construction and export are loading.py's functions, bound here as methods; their
+    # docstrings are the methods' documentation.
+    from_pretrained = classmethod(loading.from_pretrained)
+    from_config = classmethod(loading.from_config)
+    save_pretrained = loading.save_pretrained
 
     def replace(self, **changes) -> "Encoder":
         """A copy with some of ``params``, ``pooling``, ``normalize``, ``max_length``,
@@ -173,15 +117,6 @@ class Encoder:
         if {"tokenizer", "module"} & set(changes):
             tokenization.check_vocab(new.tokenizer, new.config.vocab_size)
         return new
-
-    def save_pretrained(self, directory, *, params=None):
-        """Write an HF + sentence-transformers folder (config.json, model.safetensors,
-        tokenizer files, modules.json, 1_Pooling[, 2_Dense][, Normalize],
-        sentence_bert_config.json) that ``transformers.AutoModel``,
-        ``SentenceTransformer`` and ``Encoder.from_pretrained`` all load.
-        ``last4_mean`` has no sentence-transformers equivalent: HF files only, with a
-        warning. Returns the folder's ``pathlib.Path``."""
-        return loading.save_pretrained(self, directory, params=params)
 
     # ------------------------------------------------------------------ properties
     @property
@@ -285,57 +220,10 @@ class Encoder:
         traced, i.e. compiled; shared by encoders that differ only in params."""
         return inference.encode_step(self).traces
 
-    def encode(
-        self,
-        texts: Sequence[str],
-        *,
-        batch_size: int = 64,
-        max_length: Optional[int] = None,
-        progress: bool = False,
-        chunk_batches: int = 32,
-        micro_batch_tokens: Optional[int] = None,
-    ) -> np.ndarray:
-        """``texts`` (N strings) -> [N, dim] float32 numpy, in input order.
-
-        Texts are tokenised once, in a worker thread a chunk of ``chunk_batches *
-        batch_size`` ahead; sorted by token length, cut into batches padded to a few
-        fixed shapes (one compilation each), dispatched asynchronously (see
-        ``inference.py``). ``micro_batch_tokens`` splits each batch into ``lax.map``
-        steps of about that many tokens (``None``: 1024 on the CPU backend, where it
-        keeps activations in cache, and no split on accelerators; ``0``: no split).
-        Empty strings encode (as [CLS][SEP]); texts longer than ``max_length`` tokens
-        are truncated with a ``UserWarning``.
-        """
-        return inference.encode(
-            self,
-            texts,
-            batch_size=batch_size,
-            max_length=max_length,
-            progress=progress,
-            chunk_batches=chunk_batches,
-            micro_batch_tokens=micro_batch_tokens,
-        )
-
-    def precompile(
-        self,
-        texts: Optional[Sequence[str]] = None,
-        *,
-        batch_size: int = 64,
-        max_length: Optional[int] = None,
-        chunk_batches: int = 32,
-        micro_batch_tokens: Optional[int] = None,
-    ) -> int:
-        """Compile the encode step for every batch shape ``encode(texts, batch_size=...)``
-        will use (for ``texts=None``: every length bucket at full ``batch_size`` rows), so
-        later calls run without compiling. Returns the number of shapes."""
-        return inference.precompile(
-            self,
-            texts,
-            batch_size=batch_size,
-            max_length=max_length,
-            chunk_batches=chunk_batches,
-            micro_batch_tokens=micro_batch_tokens,
-        )
+    # ``encode(texts, *, batch_size, max_length, progress, chunk_batches,
+    # micro_batch_tokens)`` and ``precompile(texts=None, ...)``: inference.py's pipeline.
+    encode = inference.encode
+    precompile = inference.precompile
 
     def __repr__(self) -> str:
         c = self.config

@@ -17,8 +17,8 @@ Rows are independent, so the results do not depend on it.
 
 Example::
 
-    out = encode(enc, texts, batch_size=64)            # np.float32 [N, enc.dim]
-    precompile(enc, texts, batch_size=64)              # later encode(...) compiles nothing
+    out = encode(enc, texts, batch_size=64)    # = enc.encode(texts, ...), np.float32 [N, dim]
+    precompile(enc, texts, batch_size=64)      # later encode(...) compiles nothing
 """
 
 from __future__ import annotations
@@ -129,8 +129,17 @@ def encode(
     chunk_batches: int = 32,
     micro_batch_tokens: Optional[int] = None,
 ) -> np.ndarray:
-    """``texts`` (N strings) -> [N, enc.dim] float32 numpy, in input order (see the
-    module docstring for the pipeline)."""
+    """``Encoder.encode``: ``texts`` (N strings) -> [N, dim] float32 numpy, in input order.
+
+    Texts are tokenised once, in a worker thread a chunk of ``chunk_batches *
+    batch_size`` ahead; sorted by token length, cut into batches padded to a few
+    fixed shapes (one compilation each) and dispatched asynchronously (see the
+    module docstring). ``micro_batch_tokens`` splits each batch into ``lax.map``
+    steps of about that many tokens (``None``: 1024 on the CPU backend, where it
+    keeps activations in cache, and no split on accelerators; ``0``: no split).
+    Empty strings encode (as [CLS][SEP]); texts longer than ``max_length`` (default
+    ``enc.max_length``) tokens are truncated with a ``UserWarning``.
+    """
     texts = check_texts(texts)
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -192,9 +201,10 @@ def precompile(
     chunk_batches: int = 32,
     micro_batch_tokens: Optional[int] = None,
 ) -> int:
-    """Compile the step for every batch shape ``encode(enc, texts, ...)`` will use (for
-    ``texts=None``: every length bucket at full ``batch_size`` rows). Returns the number
-    of shapes."""
+    """``Encoder.precompile``: compile the encode step for every batch shape
+    ``encode(texts, batch_size=...)`` will use (for ``texts=None``: every length bucket
+    at full ``batch_size`` rows), so later calls run without compiling. Returns the
+    number of shapes."""
     max_length = max_length or enc.max_length
     if texts is None:
         shapes = {(batch_size, length) for length in buckets.length_buckets(max_length)}

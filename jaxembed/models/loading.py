@@ -17,8 +17,8 @@ The architecture family comes from ``config.json``'s ``model_type`` through
 
 Example::
 
-    enc = Encoder.from_pretrained(folder)       # calls load_pretrained(Encoder, folder)
-    save_pretrained(enc, "out/")                # HF + sentence-transformers files
+    enc = from_pretrained(Encoder, folder)      # what Encoder.from_pretrained(folder) runs
+    save_pretrained(enc, "out/")                # = enc.save_pretrained("out/")
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ from jaxembed.models.st_format import read_st_settings, write_st_files
 from jaxembed.models.tokenization import load_tokenizer
 
 
-def load_pretrained(
+def from_pretrained(
     cls,
     path_or_id,
     *,
@@ -51,9 +51,15 @@ def load_pretrained(
     remat: bool = False,
     config_overrides: Optional[dict] = None,
 ):
-    """``cls(...)`` (an ``Encoder``) from a local folder or hub id; see
-    ``Encoder.from_pretrained``. Errors about the folder's contents are ``ValueError``s
-    that name the file (and the field)."""
+    """``Encoder.from_pretrained``: load a local folder or hub id (HF ``config.json`` +
+    safetensors + tokenizer) as a ``cls`` (``Encoder``).
+
+    Explicit arguments win over a sentence-transformers folder's settings, which
+    win over the defaults (``mean``, no normalisation, the model's max length).
+    ``config_overrides`` changes ``EncoderConfig`` fields (e.g. dropout rates).
+    The folder is untrusted input: bad paths, sizes and types are ``ValueError``s
+    naming the file and the field (see the module docstring).
+    """
     folder = resolve(path_or_id)
     check_links(folder)
     config_file = folder / "config.json"
@@ -89,7 +95,7 @@ def load_pretrained(
         raise ValueError(f"{folder}: {e}") from e
 
 
-def init_random(
+def from_config(
     cls,
     config,
     *,
@@ -102,7 +108,8 @@ def init_random(
     param_dtype=jnp.float32,
     remat: bool = False,
 ):
-    """``cls(...)`` with randomly initialised params (normal(0.02) weights, as HF)."""
+    """``Encoder.from_config``: a randomly initialised encoder (normal(0.02) weights,
+    as HF) for ``config`` (an ``EncoderConfig``)."""
     backbone = backbone_for(config.model_type)
     module = backbone.make_module(config, dtype=dtype, param_dtype=param_dtype, remat=remat)
     ids = jnp.ones((1, 8), jnp.int32)
@@ -118,8 +125,12 @@ def init_random(
 
 
 def save_pretrained(enc, directory, *, params=None) -> pathlib.Path:
-    """Write ``enc`` (with ``params`` if given) as an HF + sentence-transformers folder;
-    see ``Encoder.save_pretrained``."""
+    """``Encoder.save_pretrained``: write an HF + sentence-transformers folder
+    (config.json, model.safetensors, tokenizer files, modules.json, 1_Pooling[, 2_Dense]
+    [, Normalize], sentence_bert_config.json) that ``transformers.AutoModel``,
+    ``SentenceTransformer`` and ``Encoder.from_pretrained`` all load, with ``params``
+    (default ``enc.params``). ``last4_mean`` has no sentence-transformers equivalent:
+    HF files only, with a warning. Returns the folder as a ``pathlib.Path``."""
     directory = pathlib.Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     params = enc.params if params is None else params

@@ -147,7 +147,9 @@ def _read_dense_tanh(sub: pathlib.Path, *, root: pathlib.Path) -> tuple[np.ndarr
         )
     state = read_state_dict(sub, root=root)
     if set(state) != {"linear.weight", "linear.bias"}:
-        raise ValueError(f"{sub}: expected tensors linear.weight and linear.bias, got {sorted(state)}")
+        raise ValueError(
+            f"{sub}: expected tensors linear.weight and linear.bias, got {sorted(state)}"
+        )
     return state["linear.weight"], state["linear.bias"]
 
 

@@ -65,7 +65,8 @@ def param_table(config: EncoderConfig) -> list[ParamRow]:
     rows = []
 
     def linear(hf, path, n_in, n_out):
-        rows.append(ParamRow(f"{hf}.weight", path + ("kernel",), (n_out, n_in), (n_in, n_out), True))
+        weight = ParamRow(f"{hf}.weight", path + ("kernel",), (n_out, n_in), (n_in, n_out), True)
+        rows.append(weight)
         rows.append(ParamRow(f"{hf}.bias", path + ("bias",), (n_out,), (n_out,)))
 
     def norm(hf, path):
@@ -77,7 +78,8 @@ def param_table(config: EncoderConfig) -> list[ParamRow]:
         ("position_embeddings", c.max_position_embeddings),
         ("token_type_embeddings", c.type_vocab_size),
     ):
-        rows.append(ParamRow(f"embeddings.{name}.weight", ("embeddings", name, "embedding"), (n, H), (n, H)))
+        path = ("embeddings", name, "embedding")
+        rows.append(ParamRow(f"embeddings.{name}.weight", path, (n, H), (n, H)))
     norm("embeddings.LayerNorm", ("embeddings", "LayerNorm"))
     for i in range(c.num_hidden_layers):
         hf, fx = f"encoder.layer.{i}", (f"layer_{i}",)
