@@ -1,6 +1,6 @@
 """Building an ``Encoder`` from a model folder or a config, and writing one back.
 
-``load_pretrained`` treats the folder as untrusted input:
+``from_pretrained`` treats the folder as untrusted input:
 
 1. every file it opens, and every path the folder's JSON names (shards,
    sentence-transformers modules), must resolve inside the folder
