@@ -26,6 +26,8 @@ Which loss when
   :func:`matryoshka`; when they must also work from early layers (early
   exit), :func:`matryoshka_2d`.
 * Diagnostics, not training: :func:`alignment` and :func:`uniformity`.
+* Unit-norm rows with a finite gradient at zero (what every cosine loss
+  here uses): :func:`l2_normalize`.
 """
 
 from jaxembed.losses.contrastive import info_nce
@@ -33,6 +35,7 @@ from jaxembed.losses.distillation import distill_mse, pair_features
 from jaxembed.losses.geometry import alignment, uniformity
 from jaxembed.losses.grad_cache import chunk_keys, grad_cache
 from jaxembed.losses.matryoshka import matryoshka, matryoshka_2d
+from jaxembed.losses.normalize import l2_normalize
 from jaxembed.losses.whitened_cse import whitened_cse
 from jaxembed.losses.whitening import group_covariance, group_whitening, shuffled_group_whitening
 from jaxembed.losses.whitening_matrices import (
@@ -58,6 +61,7 @@ __all__ = [
     "matryoshka_2d",
     "alignment",
     "uniformity",
+    "l2_normalize",
     "grad_cache",
     "chunk_keys",
 ]

@@ -21,9 +21,9 @@ from jaxembed.losses._checks import (
     check_positive,
     check_positive_int,
     check_same_shape,
-    l2_normalize,
     replicate_explicit,
 )
+from jaxembed.losses.normalize import l2_normalize
 
 __all__ = ["info_nce"]
 

@@ -13,7 +13,8 @@ from collections.abc import Callable, Sequence
 import jax
 import jax.numpy as jnp
 
-from jaxembed.losses._checks import check_positive, l2_normalize
+from jaxembed.losses._checks import check_positive
+from jaxembed.losses.normalize import l2_normalize
 
 __all__ = ["matryoshka", "matryoshka_2d"]
 
@@ -49,7 +50,7 @@ def _truncate(x, dim: int, normalize: bool):
             f"got an embedding of shape {tuple(x.shape)}"
         )
     x = x[..., :dim]
-    return l2_normalize(x.astype(jnp.float32)) if normalize else x
+    return l2_normalize(x) if normalize else x
 
 
 def matryoshka(
