@@ -78,7 +78,8 @@ def test_every_bad_value_is_named(field, value):
 def test_bad_override_from_the_command_line_is_one_line(tmp_path, capsys):
     for override, field in [("save_every=0", "save_every"), ("steps=-5", "steps"),
                             ("learning_rate=nan", "learning_rate")]:
-        args = _parse([str(CONFIGS / "quickstart.py"), "--workdir", str(tmp_path), "--set", override])
+        args = _parse([str(CONFIGS / "quickstart.py"), "--workdir", str(tmp_path),
+                       "--set", override])
         assert train_cli.run(args) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and f"{field} must be" in err[0], err
@@ -96,6 +97,19 @@ def test_check_devices_names_batch_and_mesh():
         check_devices(cfg.replace(batch_size=24, mesh_data=3), 8)
     with pytest.raises(ConfigError, match="data is empty"):
         check_devices(cfg.replace(batch_size=16, data=""), 8)
+
+
+def test_indivisible_batch_is_refused_before_loading_anything(tmp_path, capsys):
+    """On 8 devices, before the model or corpus is read (the workdir stays empty)."""
+    import jax
+
+    args = _parse([f"{CONFIGS / 'quickstart.py'}:tiny", "--workdir", str(tmp_path / "w"),
+                   "--set", "batch_size=12"])
+    assert jax.device_count() == 8 and train_cli.run(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["jaxembed train: batch_size 12 is not divisible by 8 devices (mesh data 8 x "
+                   "fsdp 1); use a multiple of 8"]
+    assert not (tmp_path / "w").exists()
 
 
 def test_choice_lists_match_the_implementations():

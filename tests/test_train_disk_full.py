@@ -129,3 +129,33 @@ def _parse(argv):
     return p.parse_args(argv)
 
 
+def test_cli_reports_disk_full_in_one_line(tmp_path, capsys, monkeypatch):
+    """Whatever write hits ENOSPC, ``jaxembed train`` prints one line naming it, exit 1."""
+    from jaxembed.train import trainer
+
+    def full(*_a, **_kw):
+        with open(os.devnull, "w"):
+            raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "metrics.jsonl"))
+
+    monkeypatch.setattr(trainer, "_train", full)
+    args = _parse([f"{REPO / 'configs' / 'quickstart.py'}:tiny", "--workdir", str(tmp_path)])
+    assert train_cli.run(args) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"jaxembed train: no space left on device (ENOSPC) while writing "
+                   f"{tmp_path / 'metrics.jsonl'}"]
+
+
+def test_training_into_a_full_disk_stops_in_one_line(small_fs, capfd):
+    """The quick-start reproduction on a 3 MB disk: the first checkpoint (~12 MB) cannot be
+    written; exit 1 with one line, no partial checkpoint, no traceback or exit-time noise."""
+    work = small_fs(3.0) / "work"
+    args = _parse([f"{REPO / 'configs' / 'quickstart.py'}:tiny", "--workdir", str(work),
+                   "--set", "batch_size=8", "--set", "eval_every=0", "--set", "save_every=1",
+                   "--set", "progress=false", "--set", "steps=2"])
+    assert train_cli.run(args) == 1
+    out, err = capfd.readouterr()
+    assert err.strip().splitlines() == [
+        f"jaxembed train: no space left on device (ENOSPC) while writing {work / 'ckpt' / '1'}; "
+        f"the partial checkpoint was removed"], err
+    assert sorted(p.name for p in (work / "ckpt").iterdir()) == []
+    assert not (work / "export").exists()

@@ -49,7 +49,8 @@ def test_lock_refuses_second_holder_and_dies_with_its_process(tmp_path):
         pass
     holder = _hold(tmp_path)
     try:
-        with pytest.raises(WorkdirBusyError, match=f"in use by another trainer \\(pid {holder.pid} "):
+        with pytest.raises(WorkdirBusyError,
+                           match=f"in use by another trainer \\(pid {holder.pid} "):
             WorkdirLock(tmp_path).acquire()
     finally:
         holder.send_signal(signal.SIGKILL)
@@ -62,6 +63,18 @@ def _parse(argv):
     p = argparse.ArgumentParser()
     train_cli.add_arguments(p)
     return p.parse_args(argv)
+
+
+def test_cli_refuses_a_workdir_in_use(tmp_path, capsys):
+    holder = _hold(tmp_path)
+    try:
+        assert train_cli.run(_parse([*TINY, "--workdir", str(tmp_path)])) == 1
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"in use by another trainer (pid {holder.pid}" in err[0], err
+    assert not (tmp_path / "metrics.jsonl").exists() and not (tmp_path / CONFIG_FILE).exists()
 
 
 def test_config_changes_ignore_only_resumable_keys(rng):
@@ -110,3 +123,32 @@ def test_claim_config_records_refuses_and_forces(tmp_path):
     assert json.loads(record.read_text())["seed"] == 1 and len(msgs) == 1
 
 
+def _snapshot(root: pathlib.Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes()
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize("change", [["--set", "mlp=false"], ["--set", "batch_size=16"],
+                                    ["--set", "learning_rate=0.001"], ["--set", "steps=12"],
+                                    ["--set", "seed=5"]])
+def test_resume_under_another_config_is_refused_and_destroys_nothing(tmp_path, capsys, change):
+    """A workdir holding checkpoints, metrics and exports (stand-ins: the refusal comes before
+    anything reads them) is left byte-identical, with one line naming the changed key."""
+    work = tmp_path / "work"
+    cfg = load_config(TINY[0], overrides=TINY[2::2])
+    claim_config(work, cfg, has_checkpoints=False)
+    for step in (5, 6):
+        (work / "ckpt" / str(step) / "state").mkdir(parents=True)
+        (work / "ckpt" / str(step) / "meta").write_text(json.dumps({"step": step}))
+    (work / "metrics.jsonl").write_text("".join(json.dumps({"step": s, "loss": 1.0}) + "\n"
+                                                for s in range(7)))
+    (work / "export").mkdir()
+    (work / "export" / "model.safetensors").write_bytes(b"weights")
+    before = _snapshot(work)
+    assert train_cli.run(_parse([*TINY, "--workdir", str(work), *change])) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    key = change[1].split("=")[0]
+    assert len(err) == 1 and "different config" in err[0] and f"{key} " in err[0], err
+    after = _snapshot(work)
+    after.pop("train.lock")
+    assert after == before
