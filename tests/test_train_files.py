@@ -86,11 +86,14 @@ _WRITER = r"""
 import os, pathlib, signal, sys, threading
 from jaxembed.files import atomic_dir, atomic_write_text
 from jaxembed.train.metrics import MetricsWriter
-kind, target, trigger, delay = sys.argv[1], pathlib.Path(sys.argv[2]), sys.argv[3], float(sys.argv[4])
+kind, target, trigger = sys.argv[1], pathlib.Path(sys.argv[2]), sys.argv[3]
+delay = float(sys.argv[4])
 armed = [True]
 
 def hook(event, args):
-    if event == "open" and armed[0] and trigger in str(args[0]) and (args[2] or 0) & (os.O_WRONLY | os.O_RDWR):
+    if event != "open" or not armed[0] or trigger not in str(args[0]):
+        return
+    if (args[2] or 0) & (os.O_WRONLY | os.O_RDWR):  # (path, mode, flags): opened to write
         armed[0] = False
         threading.Timer(delay, os.kill, (os.getpid(), signal.SIGKILL)).start()
 
@@ -129,8 +132,8 @@ def test_sigkill_mid_write_leaves_a_complete_version(tmp_path, rng, kind):
         (target / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     env = dict(os.environ, PYTHONPATH=str(REPO))
     for delay in [0.0, *rng.uniform(0.0002, 0.005 if kind == "metrics" else 0.02, size=4)]:
-        out = subprocess.run([sys.executable, "-c", _WRITER, kind, str(target), trigger, str(delay)],
-                             env=env, capture_output=True, text=True, timeout=120)
+        out = subprocess.run([sys.executable, "-c", _WRITER, kind, str(target), trigger,
+                              str(delay)], env=env, capture_output=True, text=True, timeout=120)
         assert out.returncode == -signal.SIGKILL, out.stderr[-2000:]
         if kind == "file":
             assert _complete_file(target.read_text())

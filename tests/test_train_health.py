@@ -11,7 +11,8 @@ from jaxembed.train.health import CollapsedRunError, Health
 @pytest.mark.parametrize("loss,grad_norm", [(float("nan"), 1.0), (0.5, float("inf")),
                                             (float("-inf"), 0.0)])
 def test_non_finite_step_names_the_last_checkpoint(loss, grad_norm):
-    with pytest.raises(NonFiniteError, match=r"at step 7 .*the last checkpoint \(step 5\) is finite"):
+    with pytest.raises(NonFiniteError,
+                       match=r"at step 7 .*the last checkpoint \(step 5\) is finite"):
         Health(collapse_steps=3).observe(7, loss=loss, grad_norm=grad_norm, last_checkpoint=5)
     with pytest.raises(FloatingPointError, match="no checkpoint was written"):
         Health(collapse_steps=3).observe(1, loss=loss, grad_norm=grad_norm)

@@ -59,7 +59,8 @@ def _damage(step_dir: pathlib.Path, damage: str) -> None:
         assert files
         for target in files:
             data = target.read_bytes()
-            target.write_bytes(data[:len(data) // 2] if damage == "truncate_data" else bytes(len(data)))
+            target.write_bytes(data[:len(data) // 2] if damage == "truncate_data"
+                               else bytes(len(data)))
     elif damage == "delete_manifests":
         manifests = list(state.rglob("manifest.ocdbt"))
         assert manifests
@@ -134,7 +135,8 @@ def test_checkpoint_of_another_model_is_refused_and_kept(tmp_path, rng):
     assert not (tmp_path / "ckpt_quarantine").exists()
     wide = s1.replace(params=dict(s1.params, b=np.zeros((5,), np.float32)))
     with Checkpointer(tmp_path / "ckpt", keep=3) as ckpt:
-        with pytest.raises(IncompatibleCheckpointError, match=r"params\.b: \(\(4,\), 'float32'\) vs"):
+        with pytest.raises(IncompatibleCheckpointError,
+                           match=r"params\.b: \(\(4,\), 'float32'\) vs"):
             ckpt.restore_latest(abstract_like(wide, jax.tree.map(lambda _: sh.step, wide)))
 
 
@@ -146,7 +148,8 @@ def test_non_finite_state_is_never_saved(tmp_path, rng):
         with pytest.raises(NonFiniteError, match=r"step 2: 1 arrays .*\(params\.w\); not saved\. "
                                                  r"The last checkpoint \(step 1\) is finite"):
             ckpt.save(2, bad, meta={"data_position": 2})
-        assert ckpt.all_steps() == [1] and sorted(p.name for p in (tmp_path / "ckpt").iterdir()) == ["1"]
+        assert ckpt.all_steps() == [1]
+        assert sorted(p.name for p in (tmp_path / "ckpt").iterdir()) == ["1"]
         restored, meta = ckpt.restore_latest(abstract_like(s1, sh))
     assert meta["data_position"] == 1
 
@@ -264,7 +267,8 @@ def test_damaged_latest_checkpoint_resumes_bit_identical(reference_run):
     assert out.returncode == 0, out.stderr[-3000:]
     moved = [p.name for p in (work / "ckpt_quarantine").iterdir()]
     assert [m.split("-")[0] for m in moved] == [str(last)]
-    assert f"checkpoint at step {last}" in out.stdout and f"ckpt_quarantine/{moved[0]}" in out.stdout
+    assert f"checkpoint at step {last}" in out.stdout
+    assert f"ckpt_quarantine/{moved[0]}" in out.stdout
     assert len((out.stdout + out.stderr).splitlines()) < 12, out.stdout + out.stderr
     assert step_losses(work) == ref
     for name in ("export", "export_best"):

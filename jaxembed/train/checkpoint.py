@@ -35,8 +35,11 @@ The policy, in order of what can go wrong:
 Orbax reports its own failures through absl logging and leaves asyncio tasks
 behind whose errors Python prints at garbage collection ("Exception ignored
 in <coroutine>", "Event loop is closed"): hundreds of lines for one bad
-checkpoint. Saves and restores run inside :func:`_quiet_orbax`, which mutes
-both; this module reports every failure itself, in one line.
+checkpoint, printed whenever the failed call's traceback is freed. Every Orbax
+call goes through :func:`_orbax`, which mutes both and turns an exception into
+an :class:`OrbaxError` carrying only its text (the traceback, and the tasks it
+pins, are freed while still muted); this module reports each failure itself,
+in one line.
 
 Example::
 
@@ -141,12 +144,14 @@ def tree_differences(saved: dict, expected: dict, *, limit: int = 4) -> str:
     only_expected = sorted(set(expected) - set(saved))
     changed = sorted(k for k in set(saved) & set(expected) if saved[k] != expected[k])
     if only_saved:
-        parts.append(f"{len(only_saved)} leaves only in the checkpoint ({', '.join(only_saved[:limit])})")
+        parts.append(f"{len(only_saved)} leaves only in the checkpoint "
+                     f"({', '.join(only_saved[:limit])})")
     if only_expected:
-        parts.append(f"{len(only_expected)} leaves missing from it ({', '.join(only_expected[:limit])})")
+        parts.append(f"{len(only_expected)} leaves missing from it "
+                     f"({', '.join(only_expected[:limit])})")
     if changed:
-        parts.append(f"{len(changed)} leaves of another shape/dtype ("
-                     + ", ".join(f"{k}: {saved[k]} vs {expected[k]}" for k in changed[:limit]) + ")")
+        pairs = ", ".join(f"{k}: {saved[k]} vs {expected[k]}" for k in changed[:limit])
+        parts.append(f"{len(changed)} leaves of another shape/dtype ({pairs})")
     return "; ".join(parts)
 
 
@@ -214,7 +219,8 @@ class Checkpointer:
             if not e.disk_full:
                 raise
             self._remove_partial(step)
-            raise DiskFullError(self.directory / str(step), "the partial checkpoint was removed") from e
+            raise DiskFullError(self.directory / str(step),
+                                "the partial checkpoint was removed") from e
 
     def _remove_partial(self, step: int) -> None:
         if jax.process_index() == 0:

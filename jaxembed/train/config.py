@@ -137,16 +137,18 @@ def _rules(c: TrainConfig) -> list[tuple[str, bool, str]]:
     """``(field, valid, rule)`` for every field with a range (types are checked first)."""
     finite = math.isfinite
     unit = lambda x: finite(x) and 0.0 <= x <= 1.0  # noqa: E731
+    min_views = 2 if c.objective in ("simcse_unsup", "whitenedcse") else 1
     return [
         ("objective", c.objective in OBJECTIVES, f"one of {OBJECTIVES}"),
         ("train_pooling", c.train_pooling in POOLINGS, f"one of {POOLINGS}"),
         ("eval_pooling", c.eval_pooling in POOLINGS, f"one of {POOLINGS}"),
         ("temperature", finite(c.temperature) and c.temperature > 0, "finite and > 0"),
-        ("num_views", c.num_views >= (2 if c.objective in ("simcse_unsup", "whitenedcse") else 1),
-         f"{'>= 2 for ' + c.objective if c.objective in ('simcse_unsup', 'whitenedcse') else '>= 1'}"),
+        ("num_views", c.num_views >= min_views,
+         f">= {min_views}" + (f" for {c.objective}" if min_views == 2 else "")),
         ("num_groups", c.num_groups >= 1, ">= 1"),
         ("whitening_eps", finite(c.whitening_eps) and c.whitening_eps >= 0, "finite and >= 0"),
-        ("whitening_method", c.whitening_method in WHITENING_METHODS, f"one of {WHITENING_METHODS}"),
+        ("whitening_method", c.whitening_method in WHITENING_METHODS,
+         f"one of {WHITENING_METHODS}"),
         ("dse_alpha", unit(c.dse_alpha), "in [0, 1]"),
         ("dse_task_loss", c.dse_task_loss in DSE_TASK_LOSSES, f"one of {DSE_TASK_LOSSES}"),
         ("dse_hidden", c.dse_hidden >= 1, ">= 1"),
@@ -191,7 +193,8 @@ def _type_problems(c: TrainConfig) -> list[str]:
         v = getattr(c, name)
         if typing.get_origin(typ) is tuple:
             elem = typing.get_args(typ)[0]
-            ok = isinstance(v, tuple) and all(isinstance(x, elem) and not isinstance(x, bool) for x in v)
+            ok = isinstance(v, tuple) and all(isinstance(x, elem) and not isinstance(x, bool)
+                                              for x in v)
         elif typ is float:
             ok = isinstance(v, (int, float)) and not isinstance(v, bool)
         elif typ is int:
@@ -226,7 +229,8 @@ def check_devices(cfg: TrainConfig, device_count: int) -> tuple[int, int]:
                           f"(mesh data {data} x fsdp {fsdp}); use a multiple of {device_count}")
     for name in ("model", "data"):
         if not getattr(cfg, name):
-            raise ConfigError(f"{name} is empty: set it in the config file or with --set {name}=...")
+            raise ConfigError(f"{name} is empty: set it in the config file or with "
+                              f"--set {name}=...")
     return data, fsdp
 
 
