@@ -155,11 +155,15 @@ def tree_differences(saved: dict, expected: dict, *, limit: int = 4) -> str:
     return "; ".join(parts)
 
 
+@jax.jit
 def _check(state):
     """One pass over the state: its fingerprint and, per floating leaf, whether it is all finite."""
     finite = [jnp.all(jnp.isfinite(x)) if jnp.issubdtype(jnp.asarray(x).dtype, jnp.inexact)
               else jnp.bool_(True) for x in jax.tree.leaves(state)]
     return fingerprint(state), jnp.stack(finite) if finite else jnp.zeros((0,), bool)
+
+
+_fingerprint = jax.jit(fingerprint)  # module-level: compiled once per state shape
 
 
 class Checkpointer:
@@ -181,8 +185,6 @@ class Checkpointer:
             self.directory, options=options,
             item_handlers={"state": ocp.StandardCheckpointHandler(),
                            "meta": ocp.JsonCheckpointHandler()})
-        self._check = jax.jit(_check)
-        self._fingerprint = jax.jit(fingerprint)
 
     def all_steps(self) -> list[int]:
         return sorted(self.manager.all_steps())
@@ -190,7 +192,7 @@ class Checkpointer:
     def require_finite(self, step: int, state) -> np.ndarray:
         """The fingerprint of ``state`` (see :func:`~jaxembed.train.state.fingerprint`);
         raises :class:`NonFiniteError` naming the leaves with a NaN or infinity."""
-        fp, finite = jax.device_get(self._check(state))
+        fp, finite = jax.device_get(_check(state))
         if not finite.all():
             names = [n for n, ok in zip(leaf_specs(state), finite) if not ok]
             last = max(self.all_steps(), default=None)
@@ -241,7 +243,7 @@ class Checkpointer:
         out = _orbax(lambda: self.manager.restore(int(step), args=ocp.args.Composite(
             state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore())))
         state, meta = out["state"], out["meta"]
-        got = [int(v) for v in np.asarray(self._fingerprint(state))]
+        got = [int(v) for v in np.asarray(_fingerprint(state))]
         if got != list(meta["fingerprint"]):
             bad = [i for i, (a, b) in enumerate(zip(got, meta["fingerprint"])) if a != b]
             raise ValueError(f"restored bits differ from the saved fingerprint in leaves {bad[:8]}")
