@@ -27,8 +27,8 @@ def np_info_nce(
     hard_negative_weight=0.0,
     false_negative_margin=None,
     document_ids=None,
-    query_query=False,
-    document_document=False,
+    query_query_negatives=False,
+    document_document_negatives=False,
 ):
     """The loss written row by row from its definition (Qwen3-Embedding's Z_i, SimCSE's
     hard-negative weight), in float64: every negative is listed one at a time."""
@@ -60,9 +60,9 @@ def np_info_nce(
         for j in range(b):
             if j == i:
                 continue
-            if query_query:
+            if query_query_negatives:
                 add(a[i] @ a[j])
-            if document_document:
+            if document_document_negatives:
                 add(p[i] @ p[j], doc_id(j, 0))
                 for c in range(k):
                     add(p[i] @ n[j, c], doc_id(j, 1 + c))
@@ -115,8 +115,8 @@ def torch_info_nce(
     hard_negative_weight=0.0,
     false_negative_margin=None,
     document_ids=None,
-    query_query=False,
-    document_document=False,
+    query_query_negatives=False,
+    document_document_negatives=False,
 ):
     """The same loss as one cross-entropy over a masked logit matrix (torch, for gradients):
     columns [d+ (B) | d- (B*K) | q (B) | docs from d_i+ (B + B*K)], dropped entries -inf."""
@@ -132,11 +132,11 @@ def torch_info_nce(
     blocks = [a @ docs.T]
     bias = [hard_negative_weight * (own & (torch.arange(b + b * k) >= b)).double()]
     drop = [own & (torch.arange(b + b * k) < b)]  # the positive column itself, handled below
-    if query_query:
+    if query_query_negatives:
         blocks.append(a @ a.T)
         bias.append(torch.zeros(b, b, dtype=torch.float64))
         drop.append(torch.eye(b, dtype=torch.bool))
-    if document_document:
+    if document_document_negatives:
         blocks.append(p @ docs.T)
         bias.append(torch.zeros(b, b + b * k, dtype=torch.float64))
         drop.append(own)
@@ -148,8 +148,8 @@ def torch_info_nce(
         ids = torch.as_tensor(np.asarray(document_ids).reshape(b, -1))
         doc_ids = torch.cat([ids[:, 0], ids[:, 1:].reshape(-1)])
         same = doc_ids[None, :] == ids[:, :1]
-        other = torch.full((b, b), False) if query_query else torch.zeros(b, 0, dtype=torch.bool)
-        drop = drop | torch.cat([same, other] + ([same] if document_document else []), 1)
+        queries = torch.zeros(b, b if query_query_negatives else 0, dtype=torch.bool)
+        drop = drop | torch.cat([same, queries] + [same] * document_document_negatives, 1)
     logits = (scores / temperature + bias).masked_fill(drop, -torch.inf)
     logits = torch.cat([(s_pos / temperature)[:, None], logits], 1)
     return torch.nn.functional.cross_entropy(logits, torch.zeros(b, dtype=torch.long))

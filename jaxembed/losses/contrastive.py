@@ -98,8 +98,6 @@ def _document_ids(document_ids, batch, num_negatives):
 
 
 def _check_real(value, name):
-    if value is None:
-        return None
     if isinstance(value, bool) or not isinstance(value, numbers.Real) or value != value:
         raise ValueError(f"{name} must be a real Python number, got {value!r}")
     return float(value)
@@ -218,19 +216,22 @@ def info_nce(
       (arXiv 2104.08821), Eq. 1 and Eq. 5, and its code's
       ``hard_negative_weight``; Li et al. 2023, "Towards General Text
       Embeddings with Multi-stage Contrastive Learning" (GTE, arXiv 2308.03281),
-      Sec. 3, the improved contrastive loss (its partition function also has a
+      the improved contrastive loss (its partition function also has a
       document-to-query term ``Σ_j e^{s(q_j, d_i)/τ}``, not included here);
-      Zhang et al. 2025, "Qwen3 Embedding" (arXiv 2506.05176), Sec. 3, the
-      InfoNCE with ``Z_i`` over hard, query–query, document–document and
-      in-batch negatives and the false-negative mask ``m_ij`` (0 if
-      ``s_ij > s(q_i, d_i⁺) + 0.1`` or ``d_j = d_i⁺``); Wang et al. 2024,
-      "Improving Text Embeddings with Large Language Models" (e5-mistral,
-      arXiv 2401.00368); Lee et al. 2025, "NV-Embed" (arXiv 2405.17428).
+      Zhang et al. 2025, "Qwen3 Embedding" (arXiv 2506.05176), the training
+      objective: InfoNCE with ``Z_i`` over hard, query–query,
+      document–document and in-batch negatives and the false-negative mask
+      ``m_ij`` (0 if ``s_ij > s(q_i, d_i⁺) + 0.1`` or ``d_j = d_i⁺``); Wang et
+      al. 2024, "Improving Text Embeddings with Large Language Models"
+      (e5-mistral, arXiv 2401.00368); Lee et al. 2024, "NV-Embed" (arXiv
+      2405.17428).
     """
     check_choice(similarity, {"cosine", "dot"}, "similarity")
     check_positive(temperature, "temperature")
     hard_negative_weight = _check_real(hard_negative_weight, "hard_negative_weight")
-    margin = _check_real(false_negative_margin, "false_negative_margin")
+    margin = false_negative_margin
+    if margin is not None:
+        margin = _check_real(margin, "false_negative_margin")
     a = as_float32(anchors, "anchors")
     check_ndim(a, 2, "anchors", "[B, D]")
     p = as_float32(positives, "positives")
