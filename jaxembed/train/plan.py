@@ -242,9 +242,10 @@ def abstract_step(cfg, devices) -> AbstractStep:
                         cfg.batch_size * objective.sequences_per_row(columns))
 
 
-def plan(cfg, *, topology: str, num_slices: int = 1) -> dict:
+def plan(cfg, *, topology: str, num_slices: int = 1, hlo_path=None) -> dict:
     """Compile ``cfg``'s train step for ``num_slices`` x ``topology``; the report of the
-    module docstring as a dict (JSON-serialisable)."""
+    module docstring as a dict (JSON-serialisable). ``hlo_path``: also write the
+    compiled (optimised, partitioned) program's HLO text there."""
     import jax
 
     from jaxembed.train.flops import peak_flops_per_device, train_step_flops
@@ -265,7 +266,10 @@ def plan(cfg, *, topology: str, num_slices: int = 1) -> dict:
     per_chip = (mem.argument_size_in_bytes + mem.output_size_in_bytes
                 - mem.alias_size_in_bytes + mem.temp_size_in_bytes)
     flops_chip = float(cost.get("flops", 0.0))
-    uncosted = uncosted_ops(compiled.as_text())
+    hlo = compiled.as_text()
+    if hlo_path is not None:
+        pathlib.Path(hlo_path).write_text(hlo)
+    uncosted = uncosted_ops(hlo)
     seconds = float(cost.get("optimal_seconds", 0.0)) + sum(uncosted.values())
     peak = peak_flops_per_device(devices[0].device_kind, bf16=True)
     n_params = sum(math.prod(x.shape) for x in jax.tree.leaves(built.state.params))

@@ -30,6 +30,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config field (repeatable), e.g. mesh_fsdp=8")
     parser.add_argument("--json", action="store_true", help="print one JSON line")
+    parser.add_argument("--hlo", metavar="FILE", default=None,
+                        help="also write the compiled program's HLO text to FILE")
 
 
 def run(args) -> int:
@@ -43,7 +45,7 @@ def run(args) -> int:
 
     try:
         cfg = load_config(args.config, overrides=args.overrides)
-        report = plan(cfg, topology=args.topology, num_slices=args.num_slices)
+        report = plan(cfg, topology=args.topology, num_slices=args.num_slices, hlo_path=args.hlo)
     except (ValueError, FileNotFoundError, RuntimeError) as e:
         print(f"jaxembed plan: {e}", file=sys.stderr)
         return 2
