@@ -94,8 +94,8 @@ def table(rows: list[dict]) -> str:
     lines, dropped = [head], []
     for r in rows:
         if "per_chip_bytes" not in r:
-            dropped.append(f"- dropped: `{r['command']}` "
-                           f"({'over ' + str(r['wall_seconds']) + ' s' if r.get('timeout') else r.get('error')})")
+            why = f"over {r['wall_seconds']} s" if r.get("timeout") else r.get("error")
+            dropped.append(f"- dropped: `{r['command']}` ({why})")
             continue
         mfu = "n/a" if r["mfu_bound"] is None else f"{100 * r['mfu_bound']:.1f}%"
         lines.append(
@@ -112,6 +112,8 @@ def main(argv=None) -> int:
     p.add_argument("suite", nargs="?", choices=("encoders", "decoders"), default="encoders")
     p.add_argument("--timeout", type=float, default=180.0, help="seconds per cell")
     p.add_argument("--chips", default="", help="comma-separated chip counts (default: the suite's)")
+    p.add_argument("--only", action="append", default=[], metavar="TEXT",
+                   help="run only cells whose command contains every TEXT (repeatable)")
     p.add_argument("--out", default="", help="also append the JSON lines here")
     p.add_argument("--replot", default="", help="tabulate saved JSON lines instead of planning")
     a = p.parse_args(argv)
@@ -123,6 +125,7 @@ def main(argv=None) -> int:
     chips = tuple(int(c) for c in a.chips.split(",")) if a.chips else None
     build = encoder_cells if a.suite == "encoders" else decoder_cells
     cells = build(chips) if chips else build()
+    cells = [c for c in cells if all(t in " ".join(c) for t in a.only)]
     emit({"benchmark": f"plan_table.{a.suite}", **machine()}, a.out)
     rows = [emit(run_cell(args, timeout=a.timeout), a.out) for args in cells]
     print(table(rows))

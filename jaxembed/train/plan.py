@@ -209,6 +209,24 @@ def check_batch(cfg, devices) -> None:
                          f"devices of the mesh (every device takes batch_size / devices rows)")
 
 
+def abstract_state(cfg, params, mesh, *, logical):
+    """``(tx, schedule, shardings, state)``: the trainer's AdamW for ``cfg`` and a
+    ``TrainState`` of ``ShapeDtypeStruct``s carrying their shardings over ``mesh``."""
+    import jax
+
+    from jaxembed.train.state import TrainState, make_optimizer
+    from jaxembed.train.step import state_shardings
+
+    tx, schedule = make_optimizer(learning_rate=cfg.learning_rate, total_steps=max(cfg.steps, 1),
+                                  warmup_ratio=cfg.warmup_ratio, weight_decay=cfg.weight_decay,
+                                  max_grad_norm=cfg.max_grad_norm)
+    shardings = state_shardings(params, tx, mesh, logical=logical)
+    state = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                         jax.eval_shape(lambda p: TrainState.create(p, tx, seed=0), params),
+                         shardings)
+    return tx, schedule, shardings, state
+
+
 def abstract_step(cfg, devices) -> AbstractStep:
     """The trainer's step for ``cfg`` over ``devices`` (any platform), on abstract inputs."""
     import jax
@@ -216,9 +234,8 @@ def abstract_step(cfg, devices) -> AbstractStep:
 
     from jaxembed.train import sharding as shd
     from jaxembed.train.objectives import build_objective
-    from jaxembed.train.state import TrainState, make_optimizer
     from jaxembed.train.flops import train_step_flops
-    from jaxembed.train.step import encoder_logical_axes, make_train_step, state_shardings
+    from jaxembed.train.step import encoder_logical_axes, make_train_step
 
     mesh = shd.make_mesh(data=cfg.mesh_data, fsdp=cfg.mesh_fsdp, devices=devices)
     check_batch(cfg, devices)
@@ -227,13 +244,7 @@ def abstract_step(cfg, devices) -> AbstractStep:
     heads, head_names = shd._unbox(jax.eval_shape(objective.init_heads, jax.random.PRNGKey(0)))
     params = {"encoder": enc.params, "head": heads}
     logical = {"encoder": encoder_logical_axes(enc), "head": head_names}
-    tx, schedule = make_optimizer(learning_rate=cfg.learning_rate, total_steps=max(cfg.steps, 1),
-                                  warmup_ratio=cfg.warmup_ratio, weight_decay=cfg.weight_decay,
-                                  max_grad_norm=cfg.max_grad_norm)
-    shardings = state_shardings(params, tx, mesh, logical=logical)
-    state = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
-                         jax.eval_shape(lambda p: TrainState.create(p, tx, seed=0), params),
-                         shardings)
+    tx, schedule, shardings, state = abstract_state(cfg, params, mesh, logical=logical)
     columns = max(objective.text_columns)
     tokens = jax.ShapeDtypeStruct((cfg.batch_size, columns, cfg.max_length), jnp.int32,
                                   sharding=shd.batch_sharding(mesh))

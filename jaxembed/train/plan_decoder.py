@@ -1,4 +1,4 @@
-"""The train step of a decoder-LLM embedder on abstract inputs, for :func:`jaxembed.train.plan.plan`.
+"""A decoder-LLM embedder's train step on abstract inputs, for :func:`jaxembed.train.plan.plan`.
 
 What a Qwen3-Embedding / e5-mistral style full fine-tune runs per step: every row
 is a ``(query, document)`` pair of token ids ``[B, 2, T]``; both columns go
@@ -86,9 +86,8 @@ def abstract_decoder_step(cfg, devices, config, *, remat: bool = False,
     from jaxembed.models.decoder.model import Decoder
     from jaxembed.models.decoder.pooling import last_token
     from jaxembed.train import sharding as shd
-    from jaxembed.train.plan import AbstractStep, check_batch
-    from jaxembed.train.state import TrainState, make_optimizer
-    from jaxembed.train.step import make_train_step, state_shardings
+    from jaxembed.train.plan import AbstractStep, abstract_state, check_batch
+    from jaxembed.train.step import make_train_step
 
     mesh = shd.make_mesh(data=cfg.mesh_data, fsdp=cfg.mesh_fsdp, devices=devices)
     check_batch(cfg, devices)
@@ -109,13 +108,7 @@ def abstract_decoder_step(cfg, devices, config, *, remat: bool = False,
         value = info_nce(z[:, 0], z[:, 1], temperature=cfg.temperature)
         return value, {}
 
-    tx, schedule = make_optimizer(learning_rate=cfg.learning_rate, total_steps=max(cfg.steps, 1),
-                                  warmup_ratio=cfg.warmup_ratio, weight_decay=cfg.weight_decay,
-                                  max_grad_norm=cfg.max_grad_norm)
-    shardings = state_shardings(params, tx, mesh, logical=logical)
-    state = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
-                         jax.eval_shape(lambda p: TrainState.create(p, tx, seed=0), params),
-                         shardings)
+    tx, schedule, shardings, state = abstract_state(cfg, params, mesh, logical=logical)
     tokens = jax.ShapeDtypeStruct((cfg.batch_size, 2, cfg.max_length), jnp.int32,
                                   sharding=shd.batch_sharding(mesh))
     batch = {"input_ids": tokens, "attention_mask": tokens}
