@@ -223,6 +223,8 @@ def test_errors_are_one_line_with_status(tiny_bert_dir, tmp_path, monkeypatch, c
           2, "UTF-16", "iconv")
     fails(["--model", str(tmp_path / "no_model"), "--input", str(good),
            "--output", str(tmp_path / "o3")], 2, "--model")
+    fails(model + ["--input", str(good), "--output", str(tmp_path / "o3"), "--max-length",
+                   "100000"], 2, "--max-length 100000 exceeds the model's 128 positions")
     (tmp_path / "blank.txt").write_bytes(b"\n  \n\xff\n")
     fails(model + ["--input", str(tmp_path / "blank.txt"), "--output", str(tmp_path / "o4")],
           1, "no text to encode", "3 lines")

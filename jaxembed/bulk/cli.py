@@ -20,6 +20,7 @@ or not a run at all); 1 when the run fails (disk full, no good line at all).
 from __future__ import annotations
 
 import argparse
+import pathlib
 import sys
 
 from jaxembed.argtypes import positive_int
@@ -66,14 +67,17 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         enc = Encoder.from_pretrained(args.model, pooling=args.pooling)
-        if args.max_length is not None and args.max_length > enc.max_length:
-            raise ValueError(f"--max-length {args.max_length} exceeds the model's "
-                             f"{enc.max_length}")
+        limit = enc.config.max_tokens
+        if args.max_length is not None and args.max_length > limit:
+            raise ValueError(f"--max-length {args.max_length} exceeds the model's {limit} "
+                             "positions")
     except (OSError, ValueError) as e:
         return _error(f"--model {args.model}: {e}", 2)
+    model = pathlib.Path(args.model)  # a folder by its absolute path: resumable from elsewhere
+    model = str(model.resolve()) if model.exists() else args.model
     try:
         manifest = encode_file(
-            enc, args.input, args.output, model=args.model, field=args.field,
+            enc, args.input, args.output, model=model, field=args.field,
             prompt=args.prompt, rows_per_shard=args.rows_per_shard,
             batch_size=args.batch_size, max_length=args.max_length)
     except ResumeError as e:
