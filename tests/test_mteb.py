@@ -136,15 +136,15 @@ def test_encode_prepends_the_prompt(tiny_wrapper):
     texts = ["A man is playing a guitar.", "Two dogs run on the beach.", "A woman slices onions."]
     batches = [{"text": texts[:2]}, {"text": texts[2:]}]  # what mteb's DataLoader yields
     wrapper = MTEBEncoder(tiny_wrapper.encoder, prompts={"query": "query: ", "STS": "sts: "})
-    kwargs = dict(hf_split="test", hf_subset="default", batch_size=2)
+    kwargs = dict(hf_split="test", hf_subset="default", batch_size=4)  # one batch: one shape
     query = wrapper.encode(batches, task_metadata=_task_metadata("SciFact", "Retrieval"),
                            prompt_type=import_mteb("mteb.types").PromptType.query, **kwargs)
     plain = tiny_wrapper.encode(batches, task_metadata=_task_metadata("SciFact", "Retrieval"),
                                 **kwargs)
     encoder = tiny_wrapper.encoder
     np.testing.assert_allclose(
-        query, encoder.encode(["query: " + t for t in texts], batch_size=2), atol=1e-6)
-    np.testing.assert_allclose(plain, encoder.encode(texts, batch_size=2), atol=1e-6)
+        query, encoder.encode(["query: " + t for t in texts], batch_size=4), atol=1e-6)
+    np.testing.assert_allclose(plain, encoder.encode(texts, batch_size=4), atol=1e-6)
     assert query.shape == (3, 32) and query.dtype == np.float32
     assert not np.allclose(query, plain, atol=1e-3)
     assert wrapper.mteb_model_meta.name == "jaxembed/encoder"
