@@ -98,11 +98,13 @@ def table(rows: list[dict]) -> str:
             dropped.append(f"- dropped: `{r['command']}` ({why})")
             continue
         mfu = "n/a" if r["mfu_bound"] is None else f"{100 * r['mfu_bound']:.1f}%"
+        tflops = f"{r['flops_per_chip'] / 1e12:.2f}" + (" (1 layer: scan)" if r.get("scan_layers")
+                                                        else "")
         lines.append(
             f"| {r['model']} | {r['chips']} | {r['mesh']['data']} x {r['mesh']['fsdp']} "
             f"| {'on' if r.get('remat') else 'off'} | {_gib(r['per_chip_bytes'])} "
             f"({_gib(r['argument_bytes'])} + {_gib(r['temp_bytes'])}) "
-            f"| {'yes' if r['fits'] else 'NO'} | {r['flops_per_chip'] / 1e12:.2f} | {mfu} "
+            f"| {'yes' if r['fits'] else 'NO'} | {tflops} | {mfu} "
             f"| {r['compile_seconds']} |")
     return "\n".join(lines + dropped)
 
