@@ -67,7 +67,7 @@ from jaxembed.train.config import TrainConfig, check_devices
 from jaxembed.train.errors import DiskFullError, RunError, disk_full, written_path
 from jaxembed.train.flops import encoder_train_flops, non_embedding_params, peak_flops_per_device
 from jaxembed.train.health import Health
-from jaxembed.train.metrics import MetricsWriter
+from jaxembed.train.metrics import MetricsWriter, format_loss
 from jaxembed.train.objectives import build_objective
 from jaxembed.train.state import TrainState, make_optimizer
 from jaxembed.train.step import create_state, initial_params, make_train_step, state_shardings
@@ -161,7 +161,7 @@ class _StepLog:
                             last_checkpoint=None if finite else
                             max(self.ckpt.all_steps(), default=None))
         self.bar.update(1)
-        self.bar.set_postfix(loss=f"{m['loss']:.4f}", lr=f"{m['lr']:.2e}")
+        self.bar.set_postfix(loss=format_loss(m["loss"]), lr=f"{m['lr']:.2e}")
         return row
 
 
