@@ -237,6 +237,22 @@ def test_train_step_benchmark_runs_on_cpu(tmp_path, capsys):
         train_step.main(["--model", "tiny", "--num-groups", "7"])
 
 
+def test_dispatch_gap_benchmark_runs_the_real_trainer(tmp_path, capsys):
+    """``benchmarks/dispatch_gap.py`` trains the tiny quick-start config and reports the loop's
+    step interval and how often the device had run dry; the trainer's own step is restored."""
+    from benchmarks import dispatch_gap
+    from jaxembed.train import trainer
+
+    original = trainer.make_train_step
+    out = tmp_path / "gap.jsonl"
+    assert dispatch_gap.main(["--steps", "10", "--skip", "2", "--label", "t", "--out",
+                              str(out)]) == 0
+    (row,) = [r for r in json_lines(capsys.readouterr().out) if r.get("bench") == "dispatch_gap"]
+    assert row["label"] == "t" and row["measured_steps"] == 6 and row["step_interval_ms"] > 0
+    assert 0 <= row["idle_at_dispatch"] <= 1 and json_lines(out.read_text()) == [row]
+    assert trainer.make_train_step is original
+
+
 def test_bench_command_runs_a_benchmark_module_from_anywhere(tmp_path):
     """``jaxembed bench NAME`` runs ``python -m benchmarks.NAME`` with the checkout
     importable, whatever the working directory (no ``sys.path`` edits in scripts)."""

@@ -177,3 +177,13 @@ def test_metrics_truncate_keeps_rows_up_to_step(tmp_path):
         w.write({"step": 4, "loss": 40.0})
     assert [(r["step"], r["loss"]) for r in read_metrics(tmp_path)] == [
         (0, 0.0), (1, 1.0), (2, 2.0), (3, 3.0), (4, 40.0)]
+
+
+def test_loss_is_printed_with_four_significant_digits():
+    """The progress bar and the CLI's last line show a small loss moving (``.4f`` printed
+    ``0.0000`` for most quick-start steps)."""
+    from jaxembed.train.metrics import format_loss
+
+    assert format_loss(0.69314718) == "0.6931" and format_loss(12.3456) == "12.35"
+    assert format_loss(3.2107e-05) == "3.211e-05" != format_loss(2.9e-05) == "2.9e-05"
+    assert format_loss(float("nan")) == "nan"
