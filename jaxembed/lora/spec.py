@@ -133,6 +133,9 @@ class LoraSpec:
         unknown = set(d) - fields
         if unknown:
             raise ValueError(f"unknown LoraSpec fields {sorted(unknown)}; known: {sorted(fields)}")
+        missing = {"target", "rank", "alpha"} - set(d)
+        if missing:
+            raise ValueError(f"LoraSpec needs fields {sorted(missing)}; got {sorted(d)}")
         d = dict(d)
         d["layouts"] = tuple(tuple(p) for p in d.get("layouts", ()))
         return cls(**d)

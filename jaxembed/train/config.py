@@ -16,9 +16,10 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.util
+import json
 import pathlib
 import typing
-from typing import Any, Sequence
+from typing import Any, Optional, Sequence
 
 OBJECTIVES = ("simcse_unsup", "simcse_sup", "whitenedcse", "dse")
 DATA_FORMATS = ("auto", "lines", "triplets", "pairs_jsonl", "snli", "tfds")
@@ -48,6 +49,7 @@ class TrainConfig:
     matryoshka_2d: bool = False          # 2DMSE over hidden states, on any objective
     m2d_dims: tuple[int, ...] = ()       # empty: powers of two below the hidden size
     grad_cache_chunk: int = 0            # >0: jaxembed.losses.grad_cache with this chunk
+    lora: Optional[dict] = None          # LoraSpec fields: train adapters only (train/adapters.py)
     # data
     data: str = ""                       # path, or "snli:DIR:SPLIT", or "tfds:NAME/CONFIG:SPLIT"
     data_format: str = "auto"
@@ -95,6 +97,12 @@ class TrainConfig:
             raise ValueError(f"dropout_rng must be auto|threefry|rbg|unsafe_rbg, got {self.dropout_rng!r}")
         if not 0.0 <= self.dse_alpha <= 1.0:
             raise ValueError(f"dse_alpha must be in [0, 1], got {self.dse_alpha}")
+        if self.lora is not None:
+            from jaxembed.lora.spec import LoraSpec
+
+            if not isinstance(self.lora, dict):
+                raise ValueError(f"lora must be a dict of LoraSpec fields, got {self.lora!r}")
+            LoraSpec.from_dict(self.lora)  # ValueError naming the bad field
 
     def replace(self, **changes) -> "TrainConfig":
         unknown = sorted(set(changes) - set(field_names()))
@@ -133,6 +141,8 @@ def parse_value(key: str, text: str) -> Any:
         return int(text)
     if typ is float:
         return float(text)
+    if typ == Optional[dict]:  # JSON, e.g. lora='{"target": "...", "rank": 8, "alpha": 16}'
+        return None if text.lower() in ("", "none", "null") else json.loads(text)
     if typing.get_origin(typ) is tuple:
         (elem, *_rest) = typing.get_args(typ)
         text = text.strip("()[] ")

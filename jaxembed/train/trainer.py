@@ -37,6 +37,7 @@ import numpy as np
 
 from jaxembed.data.pipeline import BatchLoader
 from jaxembed.data.sources import read_source
+from jaxembed.train import adapters
 from jaxembed.train import sharding as shd
 from jaxembed.train.checkpoint import BEST_METRIC, Checkpointer, abstract_like
 from jaxembed.train.config import TrainConfig, resolve_model_path
@@ -125,6 +126,8 @@ def _train(cfg: TrainConfig, workdir, echo: Callable[[str], None]) -> dict:
                                   max_grad_norm=cfg.max_grad_norm)
     mesh = shd.make_mesh(data=cfg.mesh_data, fsdp=cfg.mesh_fsdp)
     params, logical = initial_params(enc, objective, head_key=jax.random.PRNGKey(cfg.seed + 1))
+    objective, tx, params, logical, lora_run = adapters.setup(
+        cfg, objective, tx, params, logical, key=jax.random.PRNGKey(cfg.seed + 2))
     shardings = state_shardings(params, tx, mesh, logical=logical, hidden_size=enc.hidden_size)
 
     ckpt = Checkpointer(workdir / "ckpt", keep=cfg.keep, report=say)
@@ -148,7 +151,7 @@ def _train(cfg: TrainConfig, workdir, echo: Callable[[str], None]) -> dict:
 
     evaluate = make_stsb_evaluator(enc, cfg.eval_data) if cfg.eval_every > 0 and cfg.eval_data else None
     if evaluate is not None and restored is None and cfg.eval_before:
-        before = evaluate(state.params["encoder"])
+        before = evaluate(lora_run.encoder(state.params))
         metrics.write({"step": 0, EVAL_KEY: before})
         say(f"STS-B dev Spearman before training: {before:.2f}")
 
@@ -197,7 +200,7 @@ def _train(cfg: TrainConfig, workdir, echo: Callable[[str], None]) -> dict:
 
             score = None
             if evaluate is not None and (done % cfg.eval_every == 0 or done == total):
-                score = evaluate(state.params["encoder"])
+                score = evaluate(lora_run.encoder(state.params))
                 metrics.write({"step": done, EVAL_KEY: score})
                 say(f"step {done}: STS-B dev Spearman {score:.2f}")
                 if done == total:
@@ -205,7 +208,7 @@ def _train(cfg: TrainConfig, workdir, echo: Callable[[str], None]) -> dict:
             improved = score is not None and (best is None or score > best)
             if improved:
                 best = score
-                _export(enc, state, workdir / "export_best", is_main)
+                _export(enc, state, workdir / "export_best", is_main, lora_run)
             if improved or done % cfg.save_every == 0 or done == total:
                 ckpt.save(done, state, meta={"data_position": loader.position, "before": before,
                                              "best": best, "total_steps": total},
@@ -213,7 +216,7 @@ def _train(cfg: TrainConfig, workdir, echo: Callable[[str], None]) -> dict:
     finally:
         loader.close()
         bar.close()
-    _export(enc, state, workdir / "export", is_main)
+    _export(enc, state, workdir / "export", is_main, lora_run)
     ckpt.close()
     metrics.close()
     if before is not None and after is not None:
@@ -222,7 +225,9 @@ def _train(cfg: TrainConfig, workdir, echo: Callable[[str], None]) -> dict:
             "workdir": str(workdir)}
 
 
-def _export(enc, state, directory: pathlib.Path, is_main: bool) -> None:
-    host = shd.to_host(state.params["encoder"])  # collective across processes: every process calls
+def _export(enc, state, directory: pathlib.Path, is_main: bool, lora_run) -> None:
+    # collective across processes: every process calls
+    host = shd.to_host(lora_run.encoder(state.params))
     if is_main:
         enc.replace(params=host).save_pretrained(directory)
+    lora_run.export(state.params, directory, is_main)
