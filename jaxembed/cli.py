@@ -7,6 +7,7 @@ Subcommands live next to what they run; each module exposes
     jaxembed train CONFIG --workdir DIR [--set key=value ...]
     jaxembed eval-sts --model PATH_OR_ID --data-dir DIR [--json]
     jaxembed align --src-emb A.vec --tgt-emb B.vec --train-dict D1 --test-dict D2
+    jaxembed merge --method METHOD --base DIR --models DIR... --out DIR [--weights W...]
     jaxembed bench {losses,encode,train_step,align} [args passed to the script]
 """
 
@@ -21,6 +22,7 @@ _COMMANDS = {
     "train": ("jaxembed.train.cli", "train an embedding model from a config file"),
     "eval-sts": ("jaxembed.eval.cli", "STS12-16, STS-B, SICK-R (Spearman x 100)"),
     "align": ("jaxembed.align.cli", "Procrustes/CSLS alignment and BLI evaluation"),
+    "merge": ("jaxembed.merge.cli", "merge model folders: task arithmetic, slerp, TIES, DARE, ..."),
     "bench": ("jaxembed.bench", "run a throughput benchmark from benchmarks/"),
 }
 

@@ -17,7 +17,8 @@ from jaxembed.models.config import EncoderConfig
 from jaxembed.models.encoder import Encoder
 from jaxembed.models.heads import PairScoreHead, ProjectionHead
 from jaxembed.models.pooling import POOLING_METHODS, pool
-from jaxembed.models.weights import flax_to_hf, hf_to_flax, param_table, read_state_dict
+from jaxembed.models.model_files import read_state_dict
+from jaxembed.models.weights import flax_to_hf, hf_to_flax, param_table
 
 TOL = 1e-5
 KINDS = {
@@ -370,3 +371,29 @@ def test_legacy_layernorm_names_and_config_defaults(tmp_path, rng):
     np.testing.assert_allclose(
         enc.apply(enc.params, ids, mask).last_hidden_state, ref, atol=TOL, rtol=0
     )
+
+
+def test_bf16_safetensors_load_exactly_without_torch(tmp_path, rng):
+    """A bf16 checkpoint written by torch reads through safetensors' NumPy reader (no torch
+    import, checked in a subprocess where ``import torch`` fails) and every weight equals
+    torch's bf16 value upcast to float32, bit for bit."""
+    import subprocess
+    import sys
+
+    model = make_hf("bert", tmp_path, rng, layers=2, pooler=True)
+    model.to(torch.bfloat16).save_pretrained(tmp_path)
+    want = {k: v.float().numpy() for k, v in model.state_dict().items()}
+    script = (
+        "import sys; sys.modules['torch'] = None\n"
+        "from jaxembed.models.model_files import read_state_dict\n"
+        f"s = read_state_dict({str(tmp_path)!r})\n"
+        "print(sorted({str(v.dtype) for v in s.values()}))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert "bfloat16" in out.stdout and "float32" not in out.stdout
+    enc = Encoder.from_pretrained(tmp_path)
+    got = flax_to_hf(jax.device_get(enc.params), enc.config)
+    assert set(got) == set(want) - {"embeddings.position_ids"}
+    for k, v in got.items():
+        np.testing.assert_array_equal(v, want[k], err_msg=k)

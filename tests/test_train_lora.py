@@ -40,7 +40,7 @@ def test_config_validates_lora_fields():
         TrainConfig(lora={"target": "x", "rank": 2})
     with pytest.raises(ValueError, match="dropout must be in"):
         TrainConfig(lora={**LORA, "dropout": 1.5})
-    with pytest.raises(ValueError, match="lora must be a dict"):
+    with pytest.raises(ValueError, match="lora must be of type"):
         TrainConfig(lora="rank=4")
 
 

@@ -2,7 +2,8 @@ r"""Group whitening and WhitenedCSE's shuffled group whitening (SGW).
 
 Channels are split into ``num_groups`` contiguous groups of ``c = D / G``;
 each group is whitened over the batch with its own ``c × c`` matrix. All
-``G`` decompositions run as ONE batched float32 call.
+``G`` decompositions run as ONE batched float32 call (on CPU, a loop of
+one-matrix LAPACK calls: see :mod:`jaxembed.losses.whitening_matrices`).
 """
 
 from __future__ import annotations

@@ -36,6 +36,13 @@ included. With ``eps > 0`` the result is then finite; with ``eps = 0``
 instead of amplifying round-off by ``1e4``; ``"cholesky"`` gives NaN (or, for a
 round-off pivot, huge values); ``"newton_schulz"`` stays finite but leaves the
 null directions unwhitened (NaN only for an all-constant group).
+
+On the CPU backend the LAPACK decompositions (``"eigh"``, ``"cholesky"``) run
+one matrix per call, in a loop, and both methods differentiate by matmuls only
+(custom JVPs), never through LAPACK: jaxlib 0.10.0-0.11.0 can deadlock on a
+batched LAPACK call inside a multi-device program (see
+:func:`_one_matrix_per_lapack_call`). The results are the batched call's, bit
+for bit; other backends keep the batched call.
 """
 
 from __future__ import annotations
@@ -56,9 +63,40 @@ def _symmetrize(m):
     return 0.5 * (m + jnp.swapaxes(m, -1, -2))
 
 
+def _one_matrix_per_lapack_call(decompose):
+    """``decompose`` of [..., c, c] matrices, with ONE matrix per LAPACK call on CPU.
+
+    jaxlib 0.10.0 to 0.11.0 (``ParallelBatchMap`` in ``jaxlib/cpu/lapack_kernels.cc``)
+    splits a batched LAPACK call whose estimated work ``batch * cost`` exceeds 2e5
+    flops into tasks on XLA's intra-op thread pool and blocks until they have run.
+    That pool has ``max(cores, devices)`` threads and also runs the devices'
+    kernels: when every one of its threads is a device blocked in such a call
+    (the WhitenedCSE step on 2 or 8 simulated devices), nothing is left to run
+    the tasks and the step never returns. Split from, for ``c = 6``: eigh (cost
+    ``5 c^3``) 187 matrices, i.e. 64 groups x 3 views; triangular solve (``c^3``)
+    927; Cholesky (``c^3 / 3``) 2779; for eigh with ``c >= 35``, 2 matrices. A call
+    on one matrix is never split, so on CPU we loop (``lax.map``) over the
+    matrices, also when a caller ``vmap``s us (``sequential_vmap``); the loop gives
+    the batched call's results bit for bit. Reverse-mode autodiff does not pass
+    ``sequential_vmap``: callers differentiate by custom JVPs. Other backends
+    get the batched ``decompose``. jax commit 859992407d (after 0.11.0) stops the
+    splitting in open-source builds.
+    """
+
+    @jax.custom_batching.sequential_vmap
+    def one_at_a_time(m):
+        out = jax.lax.map(decompose, m.reshape((-1,) + m.shape[-2:]))
+        return jax.tree.map(lambda o: o.reshape(m.shape[:-2] + o.shape[1:]), out)
+
+    return lambda m: jax.lax.platform_dependent(m, cpu=one_at_a_time, default=decompose)
+
+
+_eigh = _one_matrix_per_lapack_call(partial(jnp.linalg.eigh, symmetrize_input=False))
+
+
 def _regularized_eigh(cov, eps):
     """Eigen-decomposition with round-off eigenvalues zeroed, then ``+ eps``."""
-    lam, u = jnp.linalg.eigh(cov, symmetrize_input=True)
+    lam, u = _eigh(_symmetrize(cov))
     c = cov.shape[-1]
     tol = lam[..., -1:] * (c * jnp.finfo(jnp.float32).eps)
     lam = jnp.where(lam > tol, lam, 0.0) + eps
@@ -96,20 +134,40 @@ def _zca_matrix_jvp(eps, primals, tangents):
     return w, dw
 
 
+def _inverse_cholesky_factor(sigma):
+    """``L^{-1}`` of ``sigma = L Lᵀ`` [..., c, c]; NaN where ``sigma`` is not pos. definite."""
+    chol = jnp.linalg.cholesky(sigma, symmetrize_input=False)
+    identity = jnp.broadcast_to(jnp.eye(sigma.shape[-1], dtype=sigma.dtype), sigma.shape)
+    return jax.lax.linalg.triangular_solve(chol, identity, left_side=True, lower=True)
+
+
+_inverse_cholesky = _one_matrix_per_lapack_call(_inverse_cholesky_factor)
+
+
+@partial(jax.custom_jvp, nondiff_argnums=(1,))
 def cholesky_matrix(cov, eps=0.0):
     r"""Cholesky whitening matrix ``L^{-ᵀ}``, ``cov + eps I = L Lᵀ``: [..., c, c] -> same.
+
+    Its derivative is a custom JVP of matmuls: ``dL = L Φ(L^{-1} dΣ L^{-ᵀ})``
+    (``Φ``: lower triangle, halved diagonal) and ``dW = -W dLᵀ W``, i.e.
+    ``dW = -W Φ(Wᵀ dΣ W)ᵀ``, the derivative autodiff through Cholesky gives.
 
     Example:
       >>> w = cholesky_matrix(jnp.array([[4.0, 2.0], [2.0, 2.0]]))
       >>> bool(jnp.allclose(w.T @ jnp.array([[4.0, 2.0], [2.0, 2.0]]) @ w, jnp.eye(2)))
       True
     """
-    c = cov.shape[-1]
-    eye = jnp.eye(c, dtype=cov.dtype)
-    chol = jnp.linalg.cholesky(_symmetrize(cov) + eps * eye)
-    identity = jnp.broadcast_to(eye, chol.shape)
-    inv_l = jax.lax.linalg.triangular_solve(chol, identity, left_side=True, lower=True)
-    return jnp.swapaxes(inv_l, -1, -2)
+    eye = jnp.eye(cov.shape[-1], dtype=cov.dtype)
+    return jnp.swapaxes(_inverse_cholesky(_symmetrize(cov) + eps * eye), -1, -2)
+
+
+@cholesky_matrix.defjvp
+def _cholesky_matrix_jvp(eps, primals, tangents):
+    (cov,), (dcov,) = primals, tangents
+    w = cholesky_matrix(cov, eps)
+    inner = _mm(_mm(jnp.swapaxes(w, -1, -2), _symmetrize(dcov)), w)
+    phi = jnp.tril(inner) - 0.5 * inner * jnp.eye(cov.shape[-1], dtype=inner.dtype)
+    return w, -_mm(w, jnp.swapaxes(phi, -1, -2))
 
 
 def newton_schulz_matrix(cov, eps=0.0, *, iterations=5):
@@ -158,5 +216,5 @@ def whitening_matrix(cov, *, eps=0.0, method="eigh", iterations=5):
     if method == "eigh":
         return zca_matrix(cov, float(eps))
     if method == "cholesky":
-        return cholesky_matrix(cov, eps)
+        return cholesky_matrix(cov, float(eps))
     return newton_schulz_matrix(cov, eps, iterations=iterations)

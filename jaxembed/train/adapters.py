@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import pathlib
-from typing import Callable, Optional
+from typing import Optional
 
 import jax
 import jax.numpy as jnp
@@ -42,15 +42,28 @@ _DROPOUT_SALT = 0x10BA  # adapter dropout key: fold_in(step key, salt), apart fr
 @dataclasses.dataclass(frozen=True)
 class LoraRun:
     """What the trainer needs from LoRA: ``encoder(params)`` -> the encoder params to
-    evaluate and export; ``export(params, directory, is_main)`` writes the adapter files."""
+    evaluate and export (merged); ``to_host(params)`` (collective: every process calls)
+    and ``save(host, directory)`` write the adapter files into an export folder."""
 
     spec: Optional[lora.LoraSpec]
-    encoder: Callable
-    export: Callable
+
+    def encoder(self, params):
+        if self.spec is None:
+            return params["encoder"]
+        return _merged(params["encoder"], params["lora"], self.spec)
+
+    def to_host(self, params):
+        if self.spec is None:
+            return None
+        return shd.to_host({"encoder": params["encoder"], "lora": params["lora"]})
+
+    def save(self, host, directory) -> None:
+        if self.spec is not None:
+            lora.save_adapters(pathlib.Path(directory) / ADAPTERS_DIR, host["lora"], self.spec,
+                               base_params=host["encoder"])
 
 
-def _no_export(params, directory, is_main) -> None:
-    return None
+_merged = jax.jit(lora.apply, static_argnums=2)
 
 
 def setup(cfg, objective, tx: optax.GradientTransformation, params: dict, logical, *,
@@ -58,7 +71,7 @@ def setup(cfg, objective, tx: optax.GradientTransformation, params: dict, logica
     """``(objective, tx, params, logical, run)`` for ``cfg.lora`` (module docstring);
     ``params``/``logical`` are :func:`jaxembed.train.step.initial_params`' host trees."""
     if cfg.lora is None:
-        return objective, tx, params, logical, LoraRun(None, lambda p: p["encoder"], _no_export)
+        return objective, tx, params, logical, LoraRun(None)
     spec = lora.LoraSpec.from_dict(cfg.lora)
     enc_axes = None if logical is None else logical["encoder"]
     adapters = jax.tree.map(np.asarray, lora.init(params["encoder"], spec, key, axes=enc_axes))
@@ -72,9 +85,7 @@ def setup(cfg, objective, tx: optax.GradientTransformation, params: dict, logica
     labels = {k: jax.tree.map(lambda _, k=k: "frozen" if k == "encoder" else "train", v)
               for k, v in params.items()}
     tx = optax.multi_transform({"train": tx, "frozen": optax.set_to_zero()}, labels)
-    merged = jax.jit(lambda p: lora.apply(p["encoder"], p["lora"], spec))
-    return (_adapted(objective, spec), tx, params, logical,
-            LoraRun(spec, merged, lambda p, d, m: _export(spec, p, d, m)))
+    return _adapted(objective, spec), tx, params, logical, LoraRun(spec)
 
 
 def _adapted(objective, spec: lora.LoraSpec):
@@ -101,10 +112,3 @@ def _adapted(objective, spec: lora.LoraSpec):
         return out, {"encoder": jax.tree.map(jnp.zeros_like, params["encoder"]), **trainable}
 
     return dataclasses.replace(objective, loss=loss, value_and_grad=value_and_grad)
-
-
-def _export(spec: lora.LoraSpec, params, directory: pathlib.Path, is_main: bool) -> None:
-    host = shd.to_host({"encoder": params["encoder"], "lora": params["lora"]})  # collective
-    if is_main:
-        lora.save_adapters(pathlib.Path(directory) / ADAPTERS_DIR, host["lora"], spec,
-                           base_params=host["encoder"])
