@@ -1,4 +1,4 @@
-"""LoRA under FSDP and GradCache, on a one-layer random BERT. Base params and adapters are
+"""LoRA under FSDP and GradCache, on a one-layer random BERT (and FSDP on a Qwen3). Base params and adapters are
 placed on an 8-device (data=2, fsdp=4) mesh by the trainer's rules table: the jitted adapted
 forward equals the single-device one, and GradCache's adapter gradients, computed on that
 mesh, equal plain ``value_and_grad`` of the full-batch loss on one device.
@@ -100,3 +100,52 @@ def test_grad_cache_on_the_mesh_equals_full_batch_gradient(setup):
     a_grad = got_grads["layer_0"]["attention"]["query"]["kernel"]["lora_a"]
     assert a_grad.sharding.is_equivalent_to(  # gradients keep the adapters' placement
         setup["shardings"]["layer_0"]["attention"]["query"]["kernel"]["lora_a"], 2)
+
+
+def test_decoder_adapter_gradients_on_the_mesh_equal_single_device(rng):
+    """A random one-layer Qwen3: adapters get the decoder's logical names (``A`` of q_proj
+    FSDP-sharded on ``embed``, ``B`` of o_proj/down_proj too) and the loss and adapter
+    gradients on the (data=2, fsdp=4) mesh equal the single-device ones (1e-5, as above)."""
+    import transformers
+
+    from jaxembed.models.decoder import Decoder, DecoderConfig, last_token
+
+    cfg = DecoderConfig.from_hf_dict(transformers.Qwen3Config(
+        vocab_size=64, hidden_size=32, intermediate_size=48, num_hidden_layers=1,
+        num_attention_heads=4, num_key_value_heads=2, head_dim=8).to_dict())
+    model = Decoder(cfg)
+    ids = rng.integers(0, cfg.vocab_size, (8, 8)).astype(np.int32)
+    mask = np.ones_like(ids)
+    mask[::3, :3] = 0  # left padding, as last-token pooling expects
+    axes = lora.module_axes(model, ids, mask)
+    shapes = nn.meta.unbox(jax.eval_shape(model.init, jax.random.key(0), ids, mask)["params"])
+    params = jax.tree_util.tree_map_with_path(
+        lambda p, s: (float("norm" in jax.tree_util.keystr(p)) + 0.2 * rng.standard_normal(
+            s.shape)).astype(np.float32), shapes)
+    spec = lora.LoraSpec(target=r"layer_\d+/(attn/(q|k|v|o)_proj|mlp/(gate|up|down)_proj)/kernel",
+                         rank=2, alpha=4.0)
+    adapters = jax.tree.map(lambda x: 0.1 * rng.standard_normal(x.shape).astype(np.float32),
+                            lora.init(params, spec, jax.random.key(0), axes=axes))
+
+    def loss(a, p, ids, mask):
+        def embed(x):
+            h = model.apply({"params": lora.apply(p, a, spec)}, x, mask).last_hidden_state
+            return last_token(h, mask)
+
+        return info_nce(embed(ids), embed(jnp.roll(ids, 1, axis=1)), temperature=0.1)
+
+    fn = jax.value_and_grad(loss)
+    value, grads = jax.jit(fn)(adapters, params, ids, mask)
+    mesh = shd.make_mesh(data=2, fsdp=4)
+    ad_sh = shd.param_shardings(adapters, mesh,
+                                logical=lora.adapter_axes(params, spec, axes=axes))
+    assert ad_sh["layer_0"]["attn"]["q_proj"]["kernel"]["lora_a"].spec == P("fsdp", None)
+    assert ad_sh["layer_0"]["mlp"]["down_proj"]["kernel"]["lora_b"].spec == P(None, "fsdp")
+    batch = shd.shard_batch({"ids": ids, "mask": mask}, mesh)
+    got_value, got_grads = jax.jit(fn)(
+        shd.place(adapters, ad_sh), shd.place(params, shd.param_shardings(params, mesh,
+                                                                          logical=axes)),
+        batch["ids"], batch["mask"])
+    assert rel_err(got_value, value) <= 1e-5
+    for got, want in zip(jax.tree.leaves(got_grads), jax.tree.leaves(grads)):
+        assert rel_err(got, want) <= 1e-5
