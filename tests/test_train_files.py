@@ -34,6 +34,15 @@ def test_atomic_write_replaces_and_leaves_nothing_behind(tmp_path, rng):
     assert _siblings(target) == []
 
 
+def test_atomic_write_honours_the_umask(tmp_path):
+    old = os.umask(0o027)
+    try:
+        atomic_write_text(tmp_path / "m.json", "{}")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "m.json").stat().st_mode & 0o777 == 0o640  # not mkstemp's 0600
+
+
 def test_failed_write_keeps_old_content(tmp_path, monkeypatch):
     """A write that fails half-way (here: ENOSPC at fsync) leaves the old file and no temp."""
     target = tmp_path / "f.txt"

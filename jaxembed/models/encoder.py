@@ -221,7 +221,8 @@ class Encoder:
         return inference.encode_step(self).traces
 
     # ``encode(texts, *, batch_size, max_length, progress, chunk_batches,
-    # micro_batch_tokens)`` and ``precompile(texts=None, ...)``: inference.py's pipeline.
+    # micro_batch_tokens, devices)`` and ``precompile(texts=None, ...)``: inference.py's
+    # pipeline (``devices=jax.local_devices()``: data-parallel).
     encode = inference.encode
     precompile = inference.precompile
 

@@ -15,9 +15,15 @@ batch (benchmarks/RESULTS.md). An accelerator wants the whole batch at once --
 sequential 4-row steps would leave it idle -- so elsewhere the default is off.
 Rows are independent, so the results do not depend on it.
 
+``devices=`` (e.g. ``jax.local_devices()``) runs data-parallel: params are
+replicated over a one-axis mesh of those devices, every batch's rows are padded
+to a multiple of their number and split over them, and each device runs the
+same step (micro-batching included) on its rows under ``shard_map``.
+
 Example::
 
     out = encode(enc, texts, batch_size=64)    # = enc.encode(texts, ...), np.float32 [N, dim]
+    out = encode(enc, texts, devices=jax.local_devices())   # same rows, data-parallel
     precompile(enc, texts, batch_size=64)      # later encode(...) compiles nothing
 """
 
@@ -55,12 +61,26 @@ def micro_rows(rows: int, length: int, micro_batch_tokens: int) -> int:
 
 
 class EncodeStep:
-    """``jit``-ed inference step for one (module, pooling, normalize, micro-batch size),
-    with a trace counter ``traces`` (how many shapes it compiled)."""
+    """``jit``-ed inference step for one (module, pooling, normalize, micro-batch size,
+    devices), with a trace counter ``traces`` (how many shapes it compiled).
 
-    def __init__(self, module, pooling: str, normalize: bool, micro_batch_tokens: int):
+    With more than one device the step is ``shard_map``-ped over a mesh of them:
+    ``params`` replicated, the row axis of the inputs and output split
+    (``place_params`` / ``place_rows`` put arrays there; ``row_multiple``, the number
+    of devices, must divide the rows)."""
+
+    def __init__(
+        self,
+        module,
+        pooling: str,
+        normalize: bool,
+        micro_batch_tokens: int,
+        devices: Optional[tuple] = None,
+    ):
         self.traces = 0
         self.micro_batch_tokens = micro_batch_tokens
+        self.mesh = None
+        self.row_multiple = 1
 
         def embed_rows(params, input_ids, attention_mask, token_type_ids):
             batch = {
@@ -83,24 +103,54 @@ class EncodeStep:
             )
             return out.reshape(rows, out.shape[-1])
 
+        if devices is not None and len(devices) > 1:
+            from jaxembed.train.sharding import batch_sharding, make_mesh, replicated
+
+            self.mesh = make_mesh(data=len(devices), fsdp=1, devices=devices)
+            self.row_multiple = len(devices)
+            self._params, self._rows = replicated(self.mesh), batch_sharding(self.mesh)
+            rows = self._rows.spec
+            step = jax.shard_map(
+                step, mesh=self.mesh, in_specs=(self._params.spec, rows, rows, rows),
+                out_specs=rows,
+            )
         self.fn = jax.jit(step)
+
+    def place_params(self, params):
+        """``params`` replicated over the devices (as they are for one device)."""
+        return params if self.mesh is None else jax.device_put(params, self._params)
+
+    def place_rows(self, *arrays) -> tuple:
+        """Host ``[rows, ...]`` arrays split by rows over the devices (as they are for one)."""
+        return arrays if self.mesh is None else tuple(jax.device_put(arrays, self._rows))
 
     def __call__(self, params, input_ids, attention_mask, token_type_ids):
         return self.fn(params, input_ids, attention_mask, token_type_ids)
 
 
 @functools.lru_cache(maxsize=64)
-def _cached_step(module, pooling: str, normalize: bool, micro_batch_tokens: int) -> EncodeStep:
-    return EncodeStep(module, pooling, normalize, micro_batch_tokens)
+def _cached_step(
+    module, pooling: str, normalize: bool, micro_batch_tokens: int, devices: Optional[tuple]
+) -> EncodeStep:
+    return EncodeStep(module, pooling, normalize, micro_batch_tokens, devices)
 
 
-def encode_step(enc, micro_batch_tokens: Optional[int] = None) -> EncodeStep:
-    """The step for ``enc``'s (module, pooling, normalize), shared across encoders
-    (modules compare by config), so ``replace(params=...)`` or reloading a saved copy
-    reuses the compiled executables. ``None``: :func:`default_micro_batch_tokens`."""
+def encode_step(
+    enc, micro_batch_tokens: Optional[int] = None, devices: Optional[Sequence] = None
+) -> EncodeStep:
+    """The step for ``enc``'s (module, pooling, normalize) on ``devices`` (``None`` or one
+    device: jax's default placement), shared across encoders (modules compare by
+    config), so ``replace(params=...)`` or reloading a saved copy reuses the compiled
+    executables. ``micro_batch_tokens=None``: :func:`default_micro_batch_tokens`."""
     if micro_batch_tokens is None:
         micro_batch_tokens = default_micro_batch_tokens()
-    return _cached_step(enc.module, enc.pooling, enc.normalize, int(micro_batch_tokens))
+    devices = None if devices is None or len(devices) < 2 else tuple(devices)
+    return _cached_step(enc.module, enc.pooling, enc.normalize, int(micro_batch_tokens), devices)
+
+
+def padded_rows(rows: int, multiple: int) -> int:
+    """``rows`` rounded up to a multiple of ``multiple`` (the number of devices)."""
+    return -(-rows // multiple) * multiple
 
 
 def _ids(enc, texts, max_length: int):
@@ -119,15 +169,28 @@ def _collect(out: np.ndarray, result, idx: np.ndarray, bar) -> None:
         bar.update(len(idx))
 
 
+def _progress_bar(progress, n: int):
+    """``progress``: ``False`` (none), ``True`` (a tqdm bar) or an object with
+    ``update(n_rows)`` (e.g. the bulk encoder's sentences/s reporter)."""
+    if isinstance(progress, (bool, int)):
+        if not progress:
+            return None
+        from tqdm.auto import tqdm
+
+        return tqdm(total=n, desc="encode", unit="text")
+    return progress
+
+
 def encode(
     enc,
     texts: Sequence[str],
     *,
     batch_size: int = 64,
     max_length: Optional[int] = None,
-    progress: bool = False,
+    progress=False,
     chunk_batches: int = 32,
     micro_batch_tokens: Optional[int] = None,
+    devices: Optional[Sequence] = None,
 ) -> np.ndarray:
     """``Encoder.encode``: ``texts`` (N strings) -> [N, dim] float32 numpy, in input order.
 
@@ -137,6 +200,9 @@ def encode(
     module docstring). ``micro_batch_tokens`` splits each batch into ``lax.map``
     steps of about that many tokens (``None``: 1024 on the CPU backend, where it
     keeps activations in cache, and no split on accelerators; ``0``: no split).
+    ``devices`` (e.g. ``jax.local_devices()``) splits every batch over those devices
+    (data-parallel; ``None``: jax's default device). ``progress``: ``True`` for a tqdm
+    bar, or any object with ``update(n_rows)``, called as batches finish.
     Empty strings encode (as [CLS][SEP]); texts longer than ``max_length`` (default
     ``enc.max_length``) tokens are truncated with a ``UserWarning``.
     """
@@ -148,14 +214,11 @@ def encode(
     out = np.zeros((n, enc.dim), np.float32)
     if n == 0:
         return out
-    step = encode_step(enc, micro_batch_tokens)
+    step = encode_step(enc, micro_batch_tokens, devices)
+    params = step.place_params(enc.params)
     span = batch_size * max(1, chunk_batches)
     starts = list(range(0, n, span))
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=n, desc="encode", unit="text")
+    bar = _progress_bar(progress, n)
     n_truncated, pending = 0, None
     with concurrent.futures.ThreadPoolExecutor(max_workers=1) as worker:
         future = worker.submit(_ids, enc, texts[:span], max_length)
@@ -172,21 +235,19 @@ def encode(
                 batch = pad(
                     [ids[j] for j in idx],
                     None if types is None else [types[j] for j in idx],
-                    rows=rows,
+                    rows=padded_rows(rows, step.row_multiple),
                     length=length,
                     pad_id=enc.pad_token_id,
                 )
-                result = step(
-                    enc.params,
-                    batch["input_ids"],
-                    batch["attention_mask"],
-                    batch["token_type_ids"],
-                )  # dispatched asynchronously
+                arrays = step.place_rows(
+                    batch["input_ids"], batch["attention_mask"], batch["token_type_ids"]
+                )
+                result = step(params, *arrays)  # dispatched asynchronously
                 if pending is not None:
                     _collect(out, *pending, bar)
                 pending = (result, start + idx)
         _collect(out, *pending, bar)
-    if bar is not None:
+    if bar is not None and bar is not progress:
         bar.close()
     warn_truncated(n_truncated, max_length)
     return out
@@ -200,11 +261,12 @@ def precompile(
     max_length: Optional[int] = None,
     chunk_batches: int = 32,
     micro_batch_tokens: Optional[int] = None,
+    devices: Optional[Sequence] = None,
 ) -> int:
     """``Encoder.precompile``: compile the encode step for every batch shape
     ``encode(texts, batch_size=...)`` will use (for ``texts=None``: every length bucket
-    at full ``batch_size`` rows), so later calls run without compiling. Returns the
-    number of shapes."""
+    at full ``batch_size`` rows), so later calls run without compiling (with the same
+    ``devices``). Returns the number of shapes."""
     max_length = max_length or enc.max_length
     if texts is None:
         shapes = {(batch_size, length) for length in buckets.length_buckets(max_length)}
@@ -219,10 +281,12 @@ def precompile(
                     [len(x) for x in ids], batch_size=batch_size, max_length=max_length
                 )
             }
-    step = encode_step(enc, micro_batch_tokens)
+    step = encode_step(enc, micro_batch_tokens, devices)
+    shapes = {(padded_rows(rows, step.row_multiple), length) for rows, length in shapes}
     for rows, length in sorted(shapes):
         ids = np.full((rows, length), enc.pad_token_id, np.int32)
         mask = np.zeros((rows, length), np.int32)
         mask[:, 0] = 1
-        jax.block_until_ready(step(enc.params, ids, mask, np.zeros_like(ids)))
+        arrays = step.place_rows(ids, mask, np.zeros_like(ids))
+        jax.block_until_ready(step(step.place_params(enc.params), *arrays))
     return len(shapes)
