@@ -67,9 +67,10 @@ def setup(module_rng):
 
     (value, z), grads = jax.jit(jax.value_and_grad(loss, has_aux=True))(adapters, *views)
     mesh = shd.make_mesh(data=2, fsdp=4)
-    ad_shardings = shd.param_shardings(
-        adapters, mesh, logical=lora.adapter_axes(enc.params, SPEC, axes=axes))
-    placed = (shd.place(enc.params, shd.param_shardings(enc.params, mesh, logical=axes)),
+    ad_shardings = shd.param_shardings(  # min_shard_bytes=0: shard even these tiny arrays
+        adapters, mesh, logical=lora.adapter_axes(enc.params, SPEC, axes=axes), min_shard_bytes=0)
+    placed = (shd.place(enc.params, shd.param_shardings(enc.params, mesh, logical=axes,
+                                                        min_shard_bytes=0)),
               shd.place(adapters, ad_shardings),
               tuple(shd.shard_batch(v, mesh) for v in views))
     return dict(embed=embed, reference=(value, z, grads), placed=placed, shardings=ad_shardings)
@@ -137,14 +138,14 @@ def test_decoder_adapter_gradients_on_the_mesh_equal_single_device(rng):
     fn = jax.value_and_grad(loss)
     value, grads = jax.jit(fn)(adapters, params, ids, mask)
     mesh = shd.make_mesh(data=2, fsdp=4)
-    ad_sh = shd.param_shardings(adapters, mesh,
+    ad_sh = shd.param_shardings(adapters, mesh, min_shard_bytes=0,
                                 logical=lora.adapter_axes(params, spec, axes=axes))
     assert ad_sh["layer_0"]["attn"]["q_proj"]["kernel"]["lora_a"].spec == P("fsdp", None)
     assert ad_sh["layer_0"]["mlp"]["down_proj"]["kernel"]["lora_b"].spec == P(None, "fsdp")
     batch = shd.shard_batch({"ids": ids, "mask": mask}, mesh)
     got_value, got_grads = jax.jit(fn)(
-        shd.place(adapters, ad_sh), shd.place(params, shd.param_shardings(params, mesh,
-                                                                          logical=axes)),
+        shd.place(adapters, ad_sh),
+        shd.place(params, shd.param_shardings(params, mesh, logical=axes, min_shard_bytes=0)),
         batch["ids"], batch["mask"])
     assert rel_err(got_value, value) <= 1e-5
     for got, want in zip(jax.tree.leaves(got_grads), jax.tree.leaves(grads)):

@@ -79,7 +79,7 @@ def test_step_trains_adapters_only_and_grad_cache_agrees(tiny_bert_dir, rng):
             # chunked sums, 1e-3 of the norm as tests/test_train_step.py's GradCache test
             assert np.linalg.norm(np.asarray(a) - b) <= 1e-3 * np.linalg.norm(b) + 1e-7
 
-    sh = state_shardings(params, tx_l, mesh, logical=logical, hidden_size=enc.hidden_size)
+    sh = state_shardings(params, tx_l, mesh, logical=logical, min_shard_bytes=0)
     q_a = sh.params["lora"]["layer_0"]["attention"]["query"]["kernel"]["lora_a"]
     assert tuple(q_a.spec) == ("fsdp", None)  # adapters sharded like their kernels
     state = create_state(params, tx_l, sh, seed=3)
