@@ -15,7 +15,7 @@ import subprocess
 import sys
 
 NAMES = ("losses", "encode", "train_step", "align", "scaling", "grad_cache", "gemm",
-         "dispatch_gap")
+         "dispatch_gap", "lora_memory")
 
 
 def _checkout() -> pathlib.Path:

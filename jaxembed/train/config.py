@@ -45,7 +45,7 @@ import importlib.util
 import math
 import pathlib
 import typing
-from typing import Any, Sequence
+from typing import Any, Optional, Sequence
 
 from jaxembed.train.errors import ConfigError
 
@@ -101,6 +101,7 @@ class TrainConfig:
     matryoshka_2d: bool = False          # 2DMSE over hidden states, on any objective
     m2d_dims: tuple[int, ...] = ()       # empty: powers of two below the hidden size
     grad_cache_chunk: int = 0            # >0: jaxembed.losses.grad_cache with this chunk
+    lora: Optional[dict] = None          # LoraSpec fields: train adapters only (train/adapters.py)
     # data
     data: str = ""                       # path, or "snli:DIR:SPLIT", or "tfds:NAME/CONFIG:SPLIT"
     data_format: str = "auto"
@@ -277,7 +278,21 @@ def _type_problems(c: TrainConfig) -> list[str]:
 def _field_problems(c: TrainConfig) -> list[str]:
     """What is wrong with ``c``'s fields, one sentence each, naming field and value."""
     return _type_problems(c) or [f"{name} must be {rule}, got {getattr(c, name)!r}"
-                                 for name, ok, rule in _rules(c) if not ok]
+                                 for name, ok, rule in _rules(c) if not ok] + _lora_problems(c)
+
+
+def _lora_problems(c: TrainConfig) -> list[str]:
+    """``lora``'s keys and values, checked by :class:`jaxembed.lora.LoraSpec` (which
+    imports jax: only when ``lora`` is set)."""
+    if c.lora is None:
+        return []
+    from jaxembed.lora.spec import LoraSpec
+
+    try:
+        LoraSpec.from_dict(c.lora)
+    except ValueError as e:
+        return [f"lora: {e}"]
+    return []
 
 
 def check_devices(cfg: TrainConfig, device_count: int) -> tuple[int, int]:
@@ -342,6 +357,10 @@ def parse_value(key: str, text: str) -> Any:
         return int(text)
     if typ is float:
         return float(text)
+    if typ == Optional[dict]:  # JSON, e.g. lora='{"target": "...", "rank": 8, "alpha": 16}'
+        import json
+
+        return None if text.lower() in ("", "none", "null") else json.loads(text)
     if typing.get_origin(typ) is tuple:
         (elem, *_rest) = typing.get_args(typ)
         text = text.strip("()[] ")

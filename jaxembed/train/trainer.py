@@ -61,6 +61,7 @@ import numpy as np
 from jaxembed.data.pipeline import BatchLoader
 from jaxembed.data.sources import read_source
 from jaxembed.files import atomic_dir
+from jaxembed.train import adapters
 from jaxembed.train import sharding as shd
 from jaxembed.train.checkpoint import BEST_METRIC, Checkpointer, abstract_like, step_dirs
 from jaxembed.train.config import TrainConfig, check_devices
@@ -230,6 +231,8 @@ def _run(cfg: TrainConfig, workdir: pathlib.Path, say: Callable[[str], None],
                                   max_grad_norm=cfg.max_grad_norm)
     mesh = shd.make_mesh(data=cfg.mesh_data, fsdp=cfg.mesh_fsdp)
     params, logical = initial_params(enc, objective, head_key=jax.random.PRNGKey(cfg.seed + 1))
+    objective, tx, params, logical, lora_run = adapters.setup(
+        cfg, objective, tx, params, logical, key=jax.random.PRNGKey(cfg.seed + 2))
     shardings = state_shardings(params, tx, mesh, logical=logical, hidden_size=enc.hidden_size)
 
     with Checkpointer(workdir / "ckpt", keep=cfg.keep, report=say) as ckpt, \
@@ -254,7 +257,7 @@ def _run(cfg: TrainConfig, workdir: pathlib.Path, say: Callable[[str], None],
 
         evaluate = _dev_evaluator(enc, cfg)
         if evaluate is not None and restored is None and cfg.eval_before:
-            before = evaluate(state.params["encoder"])
+            before = evaluate(lora_run.encoder(state.params))
             metrics.write({"step": 0, EVAL_KEY: before})
             say(f"STS-B dev Spearman before training: {before:.2f}")
 
@@ -298,7 +301,7 @@ def _run(cfg: TrainConfig, workdir: pathlib.Path, say: Callable[[str], None],
                 ckpt.require_finite(done, state)  # before evaluating or saving NaN weights
                 score = None
                 if due_eval:
-                    score = evaluate(state.params["encoder"])
+                    score = evaluate(lora_run.encoder(state.params))
                     metrics.write({"step": done, EVAL_KEY: score})
                     say(f"step {done}: STS-B dev Spearman {score:.2f}")
                     if done == total:
@@ -307,7 +310,7 @@ def _run(cfg: TrainConfig, workdir: pathlib.Path, say: Callable[[str], None],
                             and (best is None or score > best))
                 if improved:  # exported before the checkpoint that records it as best, so a
                     best = score  # kill in between redoes this step and exports it again
-                    _export(enc, state, workdir / "export_best", is_main)
+                    _export(enc, state, workdir / "export_best", is_main, lora_run)
                 if improved or done % cfg.save_every == 0 or done == total:
                     ckpt.save(done, state, meta={"data_position": loader.position, "before": before,
                                                  "best": best, "total_steps": total},
@@ -315,7 +318,7 @@ def _run(cfg: TrainConfig, workdir: pathlib.Path, say: Callable[[str], None],
         finally:
             loader.close()
             bar.close()
-        _export(enc, state, workdir / "export", is_main)
+        _export(enc, state, workdir / "export", is_main, lora_run)
     if before is not None and after is not None:
         say(f"STS-B dev Spearman: before {before:.2f} -> after {after:.2f}")
     return {"before": before, "after": after, "best": best, "steps": total, "last": log_step.last,
@@ -335,9 +338,12 @@ def _check_total(cfg: TrainConfig, meta: dict, total: int, say: Callable[[str], 
     say(f"resume=force: {msg}; going on with {total}")
 
 
-def _export(enc, state, directory: pathlib.Path, is_main: bool) -> None:
+def _export(enc, state, directory: pathlib.Path, is_main: bool, lora_run) -> None:
     """The encoder of ``state`` as a Hugging Face folder, swapped in whole (never half-written)."""
-    host = shd.to_host(state.params["encoder"])  # collective across processes: every process calls
+    # collective across processes: every process calls
+    host = shd.to_host(lora_run.encoder(state.params))
+    lora_host = lora_run.to_host(state.params)
     if is_main:
         with atomic_dir(directory) as tmp:
             enc.replace(params=host).save_pretrained(tmp)
+            lora_run.save(lora_host, tmp)
