@@ -71,6 +71,9 @@ def test_model_config_needs_only_config_json(small_model):
 def test_plan_on_v5p_2x2x1(small_model, tmp_path, capsys):
     """fsdp=1 (library) and fsdp=4 (CLI --json) of one unsupervised SimCSE step on 4 v5p chips."""
     pytest.importorskip("libtpu")
+    import os
+
+    env_before = dict(os.environ)
     cfg = TrainConfig(model=str(small_model), objective="simcse_unsup", batch_size=16,
                       max_length=32, mixed_precision=True, mesh_data=4, mesh_fsdp=1)
     data = plan_mod.plan(cfg, topology="v5p:2x2x1")
@@ -83,6 +86,11 @@ def test_plan_on_v5p_2x2x1(small_model, tmp_path, capsys):
     lines = capsys.readouterr().out.strip().splitlines()
     assert len(lines) == 1
     fsdp = json.loads(lines[0])
+    # e.g. a TPU_WORKER_HOSTNAMES left behind made a later `jaxembed train` in this
+    # process take itself for a TPU pod worker and call jax.distributed.initialize
+    changed = {k for k in set(env_before) | set(os.environ) if env_before.get(k) != os.environ.get(k)}
+    assert changed <= {"ALLOW_MULTIPLE_LIBTPU_LOAD", "TPU_LIBRARY_PATH", "TPU_SKIP_MDS_QUERY",
+                       "TF_CPP_MIN_LOG_LEVEL"}, changed
 
     for r in (data, fsdp):
         assert KEYS <= set(r)

@@ -140,13 +140,13 @@ def model_config(cfg):
     folder, the Hugging Face cache, :data:`HUB_SHAPES`, or the trainer's ``tiny-random``.
     The pooler is assumed present (as in BERT checkpoints); its cost is negligible."""
     from jaxembed.models.config import EncoderConfig
-    from jaxembed.train.config import resolve_model_path
+    from jaxembed.models.hub import alias_folder
 
     if cfg.model == "tiny-random":
         from jaxembed.train.trainer import load_encoder
 
         return load_encoder(cfg.replace(mixed_precision=False)).config
-    folder = pathlib.Path(resolve_model_path(cfg.model)).expanduser()
+    folder = alias_folder(cfg.model) or pathlib.Path(cfg.model).expanduser()  # no download
     if (folder / "config.json").is_file():
         return EncoderConfig.from_file(folder / "config.json")
     cached = _hf_cached_config(cfg.model)

@@ -19,6 +19,7 @@ Example::
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 
@@ -46,20 +47,36 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="also write the compiled program's HLO text to FILE")
 
 
-def run(args) -> int:
-    # this process only compiles: run JAX on the CPU, so that libtpu never looks
-    # for (or locks) a local TPU, and quiet libtpu's search for TPU hosts
+@contextlib.contextmanager
+def _compile_only_env():
+    """Run JAX on the CPU, so that libtpu never looks for (or locks) a local TPU, and
+    quiet libtpu's search for TPU hosts — for this call only: a ``TPU_WORKER_HOSTNAMES``
+    left behind would make a later ``jaxembed train`` in the same process (or a child)
+    believe it runs on a TPU pod and call ``jax.distributed.initialize``."""
+    saved = {k: os.environ.get(k) for k in ("JAX_PLATFORMS", "TPU_WORKER_HOSTNAMES")}
     os.environ.setdefault("JAX_PLATFORMS", "cpu")
     if os.environ["JAX_PLATFORMS"] == "cpu":
         os.environ.setdefault("TPU_WORKER_HOSTNAMES", "localhost")
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def run(args) -> int:
     from jaxembed.train.config import load_config
     from jaxembed.train.plan import format_plan, plan, to_json
 
     try:
-        cfg = load_config(args.config, overrides=args.overrides)
-        report = plan(cfg, topology=args.topology, num_slices=args.num_slices, hlo_path=args.hlo,
-                      decoder_shape=args.decoder_shape, remat=args.remat,
-                      scan_layers=args.scan_layers)
+        with _compile_only_env():
+            cfg = load_config(args.config, overrides=args.overrides)
+            report = plan(cfg, topology=args.topology, num_slices=args.num_slices,
+                          hlo_path=args.hlo, decoder_shape=args.decoder_shape, remat=args.remat,
+                          scan_layers=args.scan_layers)
     except (ValueError, FileNotFoundError, RuntimeError) as e:
         print(f"jaxembed plan: {e}", file=sys.stderr)
         return 2

@@ -52,8 +52,11 @@ def state_shardings(params, tx: optax.GradientTransformation, mesh, *, logical=N
                                min_shard_bytes=min_shard_bytes)
     abstract_opt = jax.eval_shape(tx.init, params)
     rep = shd.replicated(mesh)
-    opt_sh = optax.tree_map_params(tx, lambda _, s: s, abstract_opt, p_sh,
-                                   transform_non_params=lambda _: rep)
+    # optax.masked / multi_transform states (LoRA: jaxembed.train.adapters) hold MaskedNode
+    # where a parameter is not theirs: it stays, the other leaves get the param's sharding
+    masked = lambda x: isinstance(x, optax.MaskedNode)  # noqa: E731
+    opt_sh = optax.tree_map_params(tx, lambda v, s: v if masked(v) else s, abstract_opt, p_sh,
+                                   transform_non_params=lambda _: rep, is_leaf=masked)
     return TrainState(step=rep, params=p_sh, opt_state=opt_sh, rng=rep)
 
 
