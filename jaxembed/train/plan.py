@@ -197,7 +197,8 @@ class AbstractStep(NamedTuple):
     config: Any           # the model's EncoderConfig or DecoderConfig
     sequences: int        # model sequences per step (batch x columns x views)
     model_flops: float    # analytic FLOPs of the step (jaxembed.train.flops)
-    objective: str        # what the step trains, in words
+    description: str      # what the step trains, in words
+    objective: Any = None  # the encoder's Objective (build_objective); None for decoders
 
     def lower(self):
         return self.step.lower(self.state, self.batch)
@@ -258,7 +259,8 @@ def abstract_step(cfg, devices) -> AbstractStep:
     sequences = cfg.batch_size * objective.sequences_per_row(columns)
     n_params = sum(math.prod(x.shape) for x in jax.tree.leaves(params))
     flops = train_step_flops(n_params, enc.config, seq_len=cfg.max_length, sequences=sequences)
-    return AbstractStep(step, state, batch, mesh, enc.config, sequences, flops, cfg.objective)
+    return AbstractStep(step, state, batch, mesh, enc.config, sequences, flops, cfg.objective,
+                        objective)
 
 
 def plan(cfg, *, topology: str, num_slices: int = 1, hlo_path=None,
@@ -316,7 +318,7 @@ def plan(cfg, *, topology: str, num_slices: int = 1, hlo_path=None,
         "topology": topology, "num_slices": num_slices, "chip": devices[0].device_kind,
         "chips": chips, "mesh": dict(built.mesh.shape),
         "model": decoder_shape if isinstance(decoder_shape, str) else cfg.model,
-        "objective": built.objective, "batch_size": cfg.batch_size, "seq_len": cfg.max_length,
+        "objective": built.description, "batch_size": cfg.batch_size, "seq_len": cfg.max_length,
         "sequences_per_step": built.sequences, "mixed_precision": cfg.mixed_precision,
         "params": n_params, "remat": bool(decoder is not None and remat),
         "scan_layers": scanned,
