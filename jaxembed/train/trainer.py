@@ -55,7 +55,7 @@ from jaxembed.train import sharding as shd
 from jaxembed.train.checkpoint import BEST_METRIC, Checkpointer, abstract_like, step_dirs
 from jaxembed.train.config import TrainConfig, check_devices, resolve_model_path
 from jaxembed.train.errors import DiskFullError, RunError, disk_full, written_path
-from jaxembed.train.flops import encoder_train_flops, non_embedding_params, peak_flops_per_device
+from jaxembed.train.flops import peak_flops_per_device, train_step_flops
 from jaxembed.train.health import Health
 from jaxembed.train.metrics import MetricsWriter
 from jaxembed.train.objectives import build_objective
@@ -203,12 +203,8 @@ def _run(cfg: TrainConfig, workdir: pathlib.Path, say: Callable[[str], None],
             say(f"STS-B dev Spearman before training: {before:.2f}")
 
         seqs = cfg.batch_size * objective.sequences_per_row(corpus.num_text_columns)
-        n_params = non_embedding_params(_count(state.params), vocab_size=enc.config.vocab_size,
-                                        max_positions=enc.config.max_position_embeddings,
-                                        type_vocab_size=enc.config.type_vocab_size,
-                                        hidden=enc.hidden_size)
-        flops = encoder_train_flops(n_params=n_params, layers=enc.config.num_hidden_layers,
-                                    hidden=enc.hidden_size, seq_len=cfg.max_length, sequences=seqs)
+        flops = train_step_flops(_count(state.params), enc.config, seq_len=cfg.max_length,
+                                 sequences=seqs)
         n_dev = jax.device_count()
         peak = cfg.peak_flops_per_device or peak_flops_per_device(jax.devices()[0].device_kind,
                                                                   bf16=cfg.mixed_precision)
