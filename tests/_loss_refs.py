@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
-import torch
+from _optional import torch
 
 
 def np_normalize(x):

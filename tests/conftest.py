@@ -139,7 +139,9 @@ def minilm_path() -> pathlib.Path:
 @pytest.fixture(scope="session")
 def tiny_bert_dir(tmp_path_factory, minilm_path) -> pathlib.Path:
     """A random 2-layer BERT (hidden 32) with the real MiniLM WordPiece tokenizer."""
-    import torch
+    from _optional import REASON
+
+    torch = pytest.importorskip("torch", reason=REASON)
     import transformers
 
     torch.manual_seed(0)

@@ -8,7 +8,7 @@ import json
 import jax
 import numpy as np
 import pytest
-import torch
+from _optional import needs_torch, torch
 import transformers
 
 from jaxembed.models import buckets
@@ -200,6 +200,7 @@ def test_export_reloads_in_jaxembed_transformers_and_sentence_transformers(
 
 def test_minilm_matches_sentence_transformers(minilm_path, shared_data):
     """all-MiniLM-L6-v2, no extra arguments, == SentenceTransformer.encode on 250 STS-B sentences."""
+    needs_torch()  # sentence-transformers requires torch
     from sentence_transformers import SentenceTransformer
 
     sents = []

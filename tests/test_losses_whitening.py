@@ -4,7 +4,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-import torch
+from _optional import torch
 from _loss_refs import np_group_whitening, np_info_nce, rel_err, torch_grad, torch_group_whitening
 
 from jaxembed.losses import (
