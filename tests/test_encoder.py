@@ -228,3 +228,77 @@ def test_precompile_covers_encode(tiny, rng):
     assert enc._trace_count - before == n >= 1
     enc.encode(texts, batch_size=8)
     assert enc._trace_count - before == n  # encode compiled nothing new
+
+
+class _CountingTokenizer:
+    """Forwards to a tokenizer and records every text it is asked to tokenise."""
+
+    def __init__(self, tok):
+        self.tok, self.seen = tok, []
+
+    def __call__(self, texts, **kwargs):
+        self.seen.extend(texts)
+        return self.tok(texts, **kwargs)
+
+    def __getattr__(self, name):
+        return getattr(self.tok, name)
+
+
+def test_encode_tokenises_each_text_once_and_counts_truncation_exactly(tiny, tiny_bert_dir, rng):
+    """A text of exactly max_length tokens is not truncated, one of max_length + 1 is; the
+    count comes from the tokenizer's overflow, with no second tokenisation."""
+    counting = _CountingTokenizer(tiny.tokenizer)
+    enc = tiny.replace(tokenizer=counting)
+    assert len(tiny.tokenizer("river", add_special_tokens=False)["input_ids"]) == 1
+    # 128 and 129 tokens with [CLS] and [SEP]
+    at_limit, over = " ".join(["river"] * 126), " ".join(["river"] * 127)
+    texts = random_texts(rng, 5) + [at_limit, over, " ".join(["bank"] * 3000)]
+    with pytest.warns(UserWarning, match=r"2 text\(s\) longer than max_length=128") as record:
+        got = enc.encode(texts, batch_size=4, chunk_batches=1)
+    assert len(record) == 1
+    assert sorted(counting.seen) == sorted(texts)  # every text exactly once
+    want = torch_embed(tiny_bert_dir, texts, pooling="mean", normalize=False)
+    np.testing.assert_allclose(got, want, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("side", ["right", "left"])
+def test_token_ids_equal_hf_truncation(tiny_bert_dir, rng, side):
+    from jaxembed.models.tokenization import token_ids
+
+    tok = transformers.AutoTokenizer.from_pretrained(str(tiny_bert_dir), truncation_side=side)
+    m = 16
+    texts = random_texts(rng, 40, max_words=30) + [" ".join(["river"] * (m - 2)), ""]
+    ids, types, n_cut = token_ids(tok, texts, max_length=m)
+    ref = tok(texts, truncation=True, max_length=m)
+    full = tok(texts, truncation=False)["input_ids"]
+    assert ids == ref["input_ids"] and types == ref["token_type_ids"]
+    assert n_cut == sum(len(x) > m for x in full) >= 1
+    assert sum(len(x) == m for x in full) >= 1  # the exact-length case is exercised
+
+
+def test_micro_batching_only_on_cpu_by_default(tiny, rng, monkeypatch):
+    from jaxembed.models import inference
+
+    assert inference.micro_rows(128, 256, 1024) == 4
+    assert inference.micro_rows(128, 64, 1024) == 16
+    assert inference.micro_rows(8, 64, 1024) == 8  # fits in one micro-batch: no split
+    assert inference.micro_rows(128, 256, 0) == 128
+    assert inference.default_micro_batch_tokens() == inference.MICRO_BATCH_TOKENS  # CPU here
+    for backend, want in (("gpu", 0), ("tpu", 0), ("cpu", inference.MICRO_BATCH_TOKENS)):
+        monkeypatch.setattr(inference.jax, "default_backend", lambda b=backend: b)
+        assert inference.default_micro_batch_tokens() == want
+        assert inference.encode_step(tiny).micro_batch_tokens == want
+    monkeypatch.undo()
+
+    ids = np.ones((16, 128), np.int32)
+    for tokens, loops in ((1024, True), (0, False)):
+        step = inference.EncodeStep(tiny.module, "mean", False, tokens)
+        jaxpr = str(jax.make_jaxpr(step.fn)(tiny.params, ids, ids, np.zeros_like(ids)))
+        assert ("scan" in jaxpr or "while" in jaxpr) == loops
+    texts = random_texts(rng, 19, max_words=30)
+    np.testing.assert_allclose(
+        tiny.encode(texts, batch_size=16, micro_batch_tokens=0),
+        tiny.encode(texts, batch_size=16),
+        atol=1e-6,
+        rtol=0,
+    )

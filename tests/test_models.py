@@ -17,7 +17,8 @@ from jaxembed.models.config import EncoderConfig
 from jaxembed.models.encoder import Encoder
 from jaxembed.models.heads import PairScoreHead, ProjectionHead
 from jaxembed.models.pooling import POOLING_METHODS, pool
-from jaxembed.models.weights import flax_to_hf, hf_to_flax, param_table, read_state_dict
+from jaxembed.models.model_files import read_state_dict
+from jaxembed.models.weights import flax_to_hf, hf_to_flax, param_table
 
 TOL = 1e-5
 KINDS = {
@@ -310,22 +311,15 @@ def test_logical_axes_on_every_param(tmp_path, rng):
     allowed = {"batch", "seq", "embed", "heads", "kv", "mlp", "vocab", None}
     for spec, leaf in zip(specs, jax.tree.leaves(enc.params)):
         assert len(spec) == leaf.ndim and set(spec) <= allowed and set(spec) != {None}
-    # the rules table maps them onto a mesh, and sharded compute equals unsharded
-    mesh = jax.make_mesh((2, 4), ("data", "fsdp"), axis_types=(jax.sharding.AxisType.Auto,) * 2)
-    rules = (
-        ("batch", "data"),
-        ("embed", "fsdp"),
-        ("vocab", None),
-        ("mlp", None),
-        ("heads", None),
-        ("kv", None),
-        ("seq", None),
-    )
-    shardings = nn.logical_to_mesh_sharding(axes, mesh, rules)
+    # the trainer's rules table maps them onto a mesh, and sharded compute equals unsharded
+    from jaxembed.train import sharding as shd
+
+    mesh = shd.make_mesh(data=2, fsdp=4)
+    shardings = nn.logical_to_mesh_sharding(axes, mesh, shd.LOGICAL_RULES)
     params = jax.device_put(enc.params, shardings)
     ids, mask, _ = padded_batch(rng, pad=0)
     batch = {"input_ids": ids, "attention_mask": mask}
-    with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+    with jax.set_mesh(mesh), nn.logical_axis_rules(shd.LOGICAL_RULES):
         sharded = jax.jit(enc.embed)(params, batch)
     np.testing.assert_allclose(sharded, enc.embed(enc.params, batch), atol=1e-5, rtol=0)
 
@@ -370,3 +364,29 @@ def test_legacy_layernorm_names_and_config_defaults(tmp_path, rng):
     np.testing.assert_allclose(
         enc.apply(enc.params, ids, mask).last_hidden_state, ref, atol=TOL, rtol=0
     )
+
+
+def test_bf16_safetensors_load_exactly_without_torch(tmp_path, rng):
+    """A bf16 checkpoint written by torch reads through safetensors' NumPy reader (no torch
+    import, checked in a subprocess where ``import torch`` fails) and every weight equals
+    torch's bf16 value upcast to float32, bit for bit."""
+    import subprocess
+    import sys
+
+    model = make_hf("bert", tmp_path, rng, layers=2, pooler=True)
+    model.to(torch.bfloat16).save_pretrained(tmp_path)
+    want = {k: v.float().numpy() for k, v in model.state_dict().items()}
+    script = (
+        "import sys; sys.modules['torch'] = None\n"
+        "from jaxembed.models.model_files import read_state_dict\n"
+        f"s = read_state_dict({str(tmp_path)!r})\n"
+        "print(sorted({str(v.dtype) for v in s.values()}))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert "bfloat16" in out.stdout and "float32" not in out.stdout
+    enc = Encoder.from_pretrained(tmp_path)
+    got = flax_to_hf(jax.device_get(enc.params), enc.config)
+    assert set(got) == set(want) - {"embeddings.position_ids"}
+    for k, v in got.items():
+        np.testing.assert_array_equal(v, want[k], err_msg=k)

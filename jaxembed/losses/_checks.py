@@ -61,12 +61,6 @@ def check_choice(value, choices, name: str) -> None:
         raise ValueError(f"{name} must be one of {sorted(choices)}, got {value!r}")
 
 
-def l2_normalize(x, *, axis: int = -1, eps: float = 1e-12):
-    """``x / max(||x||, eps)``, NaN-free gradient at ``x = 0`` (as ``torch...normalize``)."""
-    sq = jnp.sum(x * x, axis=axis, keepdims=True)
-    return x * jax.lax.rsqrt(jnp.maximum(sq, eps * eps))
-
-
 def explicit_replicated_sharding(x):
     """``NamedSharding(mesh, P())`` if ``x``'s type carries an explicit sharding, else ``None``.
 

@@ -2,9 +2,13 @@
 
 ``config`` (EncoderConfig), ``transformer`` (linen modules), ``pooling``,
 ``heads`` (ProjectionHead, PairScoreHead), ``dropout`` (``nn.Dropout``'s masks
-with fused random bits), ``weights`` (HF <-> Flax params,
-safetensors I/O), ``st_format`` (sentence-transformers folders), ``hub``,
-``buckets`` (shape bucketing) and ``encoder`` (the ``Encoder`` API).
+with fused random bits), ``weights`` (HF <-> Flax param tables),
+``model_files`` (model-folder files as untrusted input, safetensors I/O),
+``backbone`` (architecture families by ``model_type``), ``st_format``
+(sentence-transformers folders), ``hub``, ``buckets`` (shape bucketing),
+``forward`` (the pure forward pass), ``tokenization``, ``inference`` (the
+``encode`` pipeline), ``loading`` (construction and export) and ``encoder``
+(the ``Encoder`` API that ties them together).
 Heavy imports happen on first attribute access.
 """
 

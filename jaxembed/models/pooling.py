@@ -1,4 +1,5 @@
-"""Sentence pooling over encoder outputs, and L2 normalisation.
+"""Sentence pooling over encoder outputs (L2 normalisation is
+:func:`jaxembed.losses.l2_normalize`, shared with the losses).
 
 Methods (``mask`` [B, L] with 1 on real tokens, ``h`` [B, L, H]):
 
@@ -46,12 +47,6 @@ def masked_max(x: jax.Array, mask: jax.Array) -> jax.Array:
         raise ValueError(f"hidden states {x.shape} and mask {mask.shape} disagree on [B, L]")
     x = jnp.where(mask[..., None].astype(bool), x.astype(jnp.float32), -1e9)
     return jnp.max(x, axis=1)
-
-
-def l2_normalize(x: jax.Array, eps: float = 1e-12) -> jax.Array:
-    """``x / max(||x||_2, eps)`` along the last axis (as ``torch.nn.functional.normalize``)."""
-    x = x.astype(jnp.float32)
-    return x / jnp.maximum(jnp.linalg.norm(x, axis=-1, keepdims=True), eps)
 
 
 def pool(outputs, attention_mask: jax.Array, method: str) -> jax.Array:

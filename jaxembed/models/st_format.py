@@ -26,6 +26,8 @@ from typing import Optional
 
 import numpy as np
 
+from jaxembed.models.model_files import read_json, read_state_dict, safe_join, write_safetensors
+
 _POOLING_FLAGS = {
     "pooling_mode_cls_token": "cls_before_pooler",
     "pooling_mode_mean_tokens": "mean",
@@ -53,33 +55,42 @@ class STSettings:
     pooler: Optional[tuple] = None
 
 
-def _kind(module_type: str) -> str:
-    return module_type.rsplit(".", 1)[-1]
+def _modules(folder: pathlib.Path) -> list[tuple[str, pathlib.Path, dict]]:
+    """``modules.json`` as ``[(kind, sub-folder, entry)]`` in ``idx`` order; each entry's
+    ``path`` must stay inside ``folder``."""
+    source = folder / "modules.json"
+    entries = read_json(source, kind=list)
+    out = []
+    for i, m in enumerate(entries):
+        if not isinstance(m, dict) or not isinstance(m.get("type"), str):
+            raise ValueError(f"{source}: entry {i} must be an object with a string 'type': {m!r}")
+        idx = m.get("idx", 0)
+        if isinstance(idx, bool) or not isinstance(idx, int):
+            raise ValueError(f"{source}: entry {i} has a non-integer 'idx' {idx!r}")
+        sub = safe_join(folder, m.get("path", ""), source=source)
+        out.append((idx, m["type"].rsplit(".", 1)[-1], sub, m))
+    return [(kind, sub, m) for _, kind, sub, m in sorted(out, key=lambda t: t[0])]
 
 
 def read_st_settings(folder: str | pathlib.Path) -> Optional[STSettings]:
-    """Parse ``modules.json`` and friends; None when the folder has no ``modules.json``."""
+    """Parse ``modules.json`` and friends; None when the folder has no ``modules.json``.
+
+    Every path they name must stay inside ``folder``; malformed files raise a
+    ``ValueError`` naming the file."""
     folder = pathlib.Path(folder)
     if not (folder / "modules.json").is_file():
         return None
-    with open(folder / "modules.json") as f:
-        modules = sorted(json.load(f), key=lambda m: m.get("idx", 0))
-    kinds = [_kind(m["type"]) for m in modules]
-    if (
-        not kinds
-        or kinds[0] != "Transformer"
-        or (folder / modules[0].get("path", "")).resolve() != folder.resolve()
-    ):
+    modules = _modules(folder)
+    kinds = [kind for kind, _, _ in modules]
+    if not kinds or kinds[0] != "Transformer" or modules[0][1].resolve() != folder.resolve():
         raise ValueError(
             f"{folder}/modules.json must start with a Transformer module stored at the "
             f"folder root, got {kinds}"
         )
     pooling, normalize, pooler = None, False, None
-    for m, kind in zip(modules[1:], kinds[1:]):
-        sub = folder / m["path"]
+    for kind, sub, m in modules[1:]:
         if kind == "Pooling" and pooling is None:
-            with open(sub / "config.json") as f:
-                cfg = json.load(f)
+            cfg = read_json(safe_join(sub, "config.json", source=sub, root=folder))
             bad = [k for k in _UNSUPPORTED_FLAGS if cfg.get(k)]
             chosen = [v for k, v in _POOLING_FLAGS.items() if cfg.get(k)]
             if bad or len(chosen) != 1:
@@ -88,7 +99,7 @@ def read_st_settings(folder: str | pathlib.Path) -> Optional[STSettings]:
         elif (
             kind == "Dense" and pooling == "cls_before_pooler" and pooler is None and not normalize
         ):
-            pooler = _read_dense_tanh(sub)
+            pooler = _read_dense_tanh(sub, root=folder)
             pooling = "cls"
         elif kind == "Normalize" and pooling is not None:
             normalize = True
@@ -102,10 +113,15 @@ def read_st_settings(folder: str | pathlib.Path) -> Optional[STSettings]:
     max_length, lower = None, False
     sbert = folder / "sentence_bert_config.json"
     if sbert.is_file():
-        with open(sbert) as f:
-            sb = json.load(f)
+        sb = read_json(safe_join(folder, sbert.name, source=folder))
         max_length = sb.get("max_seq_length")
-        lower = bool(sb.get("do_lower_case", False))
+        if max_length is not None and (
+            isinstance(max_length, bool) or not isinstance(max_length, int) or max_length < 1
+        ):
+            raise ValueError(f"{sbert}: max_seq_length must be a positive int, got {max_length!r}")
+        lower = sb.get("do_lower_case", False)
+        if not isinstance(lower, bool):
+            raise ValueError(f"{sbert}: do_lower_case must be a bool, got {lower!r}")
     return STSettings(
         pooling=pooling,
         normalize=normalize,
@@ -115,21 +131,25 @@ def read_st_settings(folder: str | pathlib.Path) -> Optional[STSettings]:
     )
 
 
-def _read_dense_tanh(sub: pathlib.Path) -> tuple[np.ndarray, np.ndarray]:
-    from jaxembed.models.weights import read_state_dict
-
-    with open(sub / "config.json") as f:
-        cfg = json.load(f)
+def _read_dense_tanh(sub: pathlib.Path, *, root: pathlib.Path) -> tuple[np.ndarray, np.ndarray]:
+    config_file = safe_join(sub, "config.json", source=sub, root=root)
+    cfg = read_json(config_file)
     act = cfg.get("activation_function", "torch.nn.modules.activation.Tanh")
     if (
-        not act.endswith("Tanh")
-        or cfg["in_features"] != cfg["out_features"]
+        not isinstance(act, str)
+        or not act.endswith("Tanh")
+        or cfg.get("in_features") != cfg.get("out_features")
         or not cfg.get("bias", True)
     ):
         raise ValueError(
-            f"only a square Dense(tanh) with bias after cls pooling is supported, got {cfg}"
+            f"{config_file}: only a square Dense(tanh) with bias after cls pooling is "
+            f"supported, got {cfg}"
         )
-    state = read_state_dict(sub)
+    state = read_state_dict(sub, root=root)
+    if set(state) != {"linear.weight", "linear.bias"}:
+        raise ValueError(
+            f"{sub}: expected tensors linear.weight and linear.bias, got {sorted(state)}"
+        )
     return state["linear.weight"], state["linear.bias"]
 
 
@@ -146,8 +166,6 @@ def write_st_files(
     """Write ``modules.json``, ``1_Pooling``, optional ``2_Dense`` and ``Normalize`` folders and
     ``sentence_bert_config.json`` so that ``SentenceTransformer(folder)`` computes what
     ``Encoder.embed`` computes. ``pooler`` (torch-layout weight, bias) is required for ``cls``."""
-    from jaxembed.models.weights import write_safetensors
-
     folder = pathlib.Path(folder)
     if pooling not in ("cls", "cls_before_pooler", "mean", "max"):
         raise ValueError(f"pooling {pooling!r} has no sentence-transformers equivalent")

@@ -1,22 +1,23 @@
-"""Hugging Face state dict <-> Flax params, and checkpoint file I/O.
+"""Hugging Face state dict <-> Flax params for the BERT family.
 
 One table (``param_table``) lists, for a given ``EncoderConfig``, every encoder
-weight as ``(hf_key, flax_path, kind)``; loading and saving both walk it, so the
-two directions cannot drift apart. ``kind`` says how a torch tensor becomes a
-Flax array:
+weight as a :class:`ParamRow` ``(hf_key, flax_path, hf_shape, flax_shape,
+transpose)``; loading and saving both walk it, so the two directions cannot
+drift apart, and the shapes a checkpoint must have are read from the same rows.
+A torch tensor becomes a Flax array by one rule::
 
-* ``copy``      same array (embeddings, LayerNorm vectors, biases of dense layers)
-* ``linear``    ``nn.Linear.weight`` [out, in] -> ``kernel`` [in, out] (transpose)
-* ``qkv``       [N*D, H] -> [H, N, D];   ``qkv_bias`` [N*D] -> [N, D]
-* ``attn_out``  [H, N*D] -> [N, D, H]
+    flax = (hf.T if transpose else hf).reshape(flax_shape)
+    hf   = flax.reshape(hf_shape[::-1]).T if transpose else flax.reshape(hf_shape)
 
-Files: ``model.safetensors``, sharded ``model.safetensors.index.json``, or (only
-when no safetensors exist) ``pytorch_model.bin`` via ``torch.load(weights_only=True)``.
+which covers every layout: ``nn.Linear.weight`` [out, in] -> ``kernel`` [in, out];
+query/key/value [N*D, H] -> [H, N, D] and their biases [N*D] -> [N, D]; the
+attention output [H, N*D] -> [N, D, H]; embeddings and LayerNorm vectors as is.
+``state_to_params`` / ``params_to_state`` apply any such table, so another
+architecture (a decoder) only needs its own table.
 
 Example::
 
-    state = read_state_dict(folder)
-    base, extra = split_base_model(state)
+    base, extra = split_base_model(read_state_dict(folder))
     params = hf_to_flax(base, config)
     hf_state = flax_to_hf(params, config)     # inverse, numpy float32
 
@@ -25,9 +26,8 @@ Reference: ``transformers/models/bert/modeling_bert.py`` (parameter names).
 
 from __future__ import annotations
 
-import json
-import pathlib
-from typing import Any
+import re
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -47,82 +47,56 @@ HEAD_PREFIXES = (
 BASE_PREFIXES = ("bert.", "roberta.", "model.")
 
 
-def param_table(config: EncoderConfig) -> list[tuple[str, tuple[str, ...], str]]:
-    """``(hf_key, flax_path, kind)`` for every encoder weight of ``config``."""
+class ParamRow(NamedTuple):
+    """One weight: its HF name and torch shape, its Flax path and shape, and whether
+    the torch matrix is transposed on the way (``nn.Linear`` stores [out, in])."""
+
+    hf_key: str
+    flax_path: tuple[str, ...]
+    hf_shape: tuple[int, ...]
+    flax_shape: tuple[int, ...]
+    transpose: bool = False
+
+
+def param_table(config: EncoderConfig) -> list[ParamRow]:
+    """A :class:`ParamRow` for every encoder weight of ``config``."""
+    c = config
+    H, N, D, F = c.hidden_size, c.num_attention_heads, c.head_dim, c.intermediate_size
     rows = []
 
-    def linear(hf, path, kind="linear", bias_kind="copy"):
-        rows.append((f"{hf}.weight", path + ("kernel",), kind))
-        rows.append((f"{hf}.bias", path + ("bias",), bias_kind))
+    def linear(hf, path, n_in, n_out):
+        weight = ParamRow(f"{hf}.weight", path + ("kernel",), (n_out, n_in), (n_in, n_out), True)
+        rows.append(weight)
+        rows.append(ParamRow(f"{hf}.bias", path + ("bias",), (n_out,), (n_out,)))
 
     def norm(hf, path):
-        rows.append((f"{hf}.weight", path + ("scale",), "copy"))
-        rows.append((f"{hf}.bias", path + ("bias",), "copy"))
+        rows.append(ParamRow(f"{hf}.weight", path + ("scale",), (H,), (H,)))
+        rows.append(ParamRow(f"{hf}.bias", path + ("bias",), (H,), (H,)))
 
-    for name in ("word_embeddings", "position_embeddings", "token_type_embeddings"):
-        rows.append((f"embeddings.{name}.weight", ("embeddings", name, "embedding"), "copy"))
+    for name, n in (
+        ("word_embeddings", c.vocab_size),
+        ("position_embeddings", c.max_position_embeddings),
+        ("token_type_embeddings", c.type_vocab_size),
+    ):
+        path = ("embeddings", name, "embedding")
+        rows.append(ParamRow(f"embeddings.{name}.weight", path, (n, H), (n, H)))
     norm("embeddings.LayerNorm", ("embeddings", "LayerNorm"))
-    for i in range(config.num_hidden_layers):
+    for i in range(c.num_hidden_layers):
         hf, fx = f"encoder.layer.{i}", (f"layer_{i}",)
         for name in ("query", "key", "value"):
-            linear(f"{hf}.attention.self.{name}", fx + ("attention", name), "qkv", "qkv_bias")
-        linear(f"{hf}.attention.output.dense", fx + ("attention", "output"), "attn_out")
+            key, path = f"{hf}.attention.self.{name}", fx + ("attention", name)
+            rows.append(ParamRow(f"{key}.weight", path + ("kernel",), (N * D, H), (H, N, D), True))
+            rows.append(ParamRow(f"{key}.bias", path + ("bias",), (N * D,), (N, D)))
+        key, path = f"{hf}.attention.output.dense", fx + ("attention", "output")
+        rows.append(ParamRow(f"{key}.weight", path + ("kernel",), (H, N * D), (N, D, H), True))
+        rows.append(ParamRow(f"{key}.bias", path + ("bias",), (H,), (H,)))
         norm(f"{hf}.attention.output.LayerNorm", fx + ("attention_norm",))
-        linear(f"{hf}.intermediate.dense", fx + ("intermediate",))
-        linear(f"{hf}.output.dense", fx + ("output",))
+        linear(f"{hf}.intermediate.dense", fx + ("intermediate",), H, F)
+        linear(f"{hf}.output.dense", fx + ("output",), F, H)
         norm(f"{hf}.output.LayerNorm", fx + ("output_norm",))
-    if config.add_pooling_layer:
-        linear("pooler.dense", ("pooler", "dense"))
+    if c.add_pooling_layer:
+        linear("pooler.dense", ("pooler", "dense"), H, H)
     return rows
-
-
-def hf_shape(key: str, config: EncoderConfig) -> tuple[int, ...]:
-    """The torch shape HF uses for ``key`` under ``config``."""
-    c = config
-    H = c.hidden_size
-    if key.startswith("embeddings.word_embeddings"):
-        return (c.vocab_size, H)
-    if key.startswith("embeddings.position_embeddings"):
-        return (c.max_position_embeddings, H)
-    if key.startswith("embeddings.token_type_embeddings"):
-        return (c.type_vocab_size, H)
-    if key.endswith("intermediate.dense.weight"):
-        return (c.intermediate_size, H)
-    if key.endswith("intermediate.dense.bias"):
-        return (c.intermediate_size,)
-    if key.endswith("output.dense.weight") and ".attention." not in key:
-        return (H, c.intermediate_size)
-    return (H, H) if key.endswith("weight") and "LayerNorm" not in key else (H,)
-
-
-def _to_flax(kind: str, a: np.ndarray, c: EncoderConfig) -> np.ndarray:
-    N, D, H = c.num_attention_heads, c.head_dim, c.hidden_size
-    if kind == "copy":
-        return a
-    if kind == "linear":
-        return a.T
-    if kind == "qkv":
-        return a.T.reshape(H, N, D)
-    if kind == "qkv_bias":
-        return a.reshape(N, D)
-    if kind == "attn_out":
-        return a.T.reshape(N, D, H)
-    raise ValueError(f"unknown kind {kind!r}")
-
-
-def _to_hf(kind: str, a: np.ndarray, c: EncoderConfig) -> np.ndarray:
-    H = c.hidden_size
-    if kind == "copy":
-        return a
-    if kind == "linear":
-        return a.T
-    if kind == "qkv":
-        return a.reshape(H, H).T
-    if kind == "qkv_bias":
-        return a.reshape(H)
-    if kind == "attn_out":
-        return a.reshape(H, H).T
-    raise ValueError(f"unknown kind {kind!r}")
 
 
 def _rename_legacy(key: str) -> str:
@@ -172,21 +146,20 @@ def split_base_model(
     return base, extra
 
 
-def hf_to_flax(
-    base: dict[str, np.ndarray], config: EncoderConfig, *, dtype=np.float32
+def state_to_params(
+    base: dict[str, np.ndarray], table: list[ParamRow], *, dtype=np.float32
 ) -> dict[str, Any]:
-    """Map a base-model state dict (no prefix) to the Flax ``params`` pytree.
+    """Map a state dict onto the nested Flax ``params`` dict that ``table`` describes.
 
     Raises ``ValueError`` naming every missing, unexpected and mis-shaped key.
     """
-    table = param_table(config)
-    expected = {k for k, _, _ in table}
+    expected = {row.hf_key for row in table}
     missing = sorted(expected - set(base))
     unexpected = sorted(set(base) - expected)
     misshaped = [
-        f"{k}: expected {hf_shape(k, config)}, found {tuple(base[k].shape)}"
-        for k, _, _ in table
-        if k in base and tuple(base[k].shape) != hf_shape(k, config)
+        f"{row.hf_key}: expected {row.hf_shape}, found {tuple(base[row.hf_key].shape)}"
+        for row in table
+        if row.hf_key in base and tuple(base[row.hf_key].shape) != row.hf_shape
     ]
     if missing or unexpected or misshaped:
         parts = []
@@ -198,83 +171,61 @@ def hf_to_flax(
             parts.append(f"mis-shaped keys [{'; '.join(misshaped)}]")
         raise ValueError("checkpoint does not match the config: " + ", ".join(parts))
     params: dict[str, Any] = {}
-    for key, path, kind in table:
+    for row in table:
+        a = np.asarray(base[row.hf_key], np.float32)  # exact upcast from bf16 / fp16
         node = params
-        for p in path[:-1]:
+        for p in row.flax_path[:-1]:
             node = node.setdefault(p, {})
-        node[path[-1]] = np.asarray(
-            _to_flax(kind, np.asarray(base[key], np.float32), config), dtype=dtype
+        node[row.flax_path[-1]] = np.asarray(
+            (a.T if row.transpose else a).reshape(row.flax_shape), dtype=dtype
         )
     return params
 
 
-def flax_to_hf(params: dict[str, Any], config: EncoderConfig) -> dict[str, np.ndarray]:
-    """Inverse of ``hf_to_flax``: Flax params -> HF base-model state dict (float32, contiguous)."""
+def params_to_state(params: dict[str, Any], table: list[ParamRow]) -> dict[str, np.ndarray]:
+    """Inverse of ``state_to_params``: Flax params -> state dict (float32, contiguous)."""
     out = {}
-    for key, path, kind in param_table(config):
+    for row in table:
         node = params
-        for p in path:
+        for p in row.flax_path:
             node = node[p]
         a = np.asarray(node, dtype=np.float32)
-        out[key] = np.ascontiguousarray(_to_hf(kind, a, config))
+        if a.shape != row.flax_shape:
+            raise ValueError(
+                f"param {'/'.join(row.flax_path)} has shape {a.shape}, expected {row.flax_shape}"
+            )
+        a = a.reshape(row.hf_shape[::-1]).T if row.transpose else a.reshape(row.hf_shape)
+        out[row.hf_key] = np.ascontiguousarray(a)
     return out
 
 
-# ----------------------------------------------------------------------------- file I/O
-def _read_safetensors(path: pathlib.Path) -> dict[str, np.ndarray]:
-    from safetensors import safe_open
-
-    out = {}
-    try:
-        with safe_open(str(path), framework="np") as f:
-            for k in f.keys():
-                out[k] = f.get_tensor(k)
-    except (TypeError, ValueError):  # e.g. bf16, which numpy lacks: go through torch
-        import torch  # noqa: F401
-
-        with safe_open(str(path), framework="pt") as f:
-            for k in f.keys():
-                out[k] = f.get_tensor(k).float().numpy()
-    return out
+_LAYER = re.compile(r"encoder\.layer\.(\d+)\.")
 
 
-def _read_torch_bin(path: pathlib.Path) -> dict[str, np.ndarray]:
-    import torch
+def _check_layer_count(base: dict[str, np.ndarray], config: EncoderConfig) -> None:
+    """The checkpoint's layers must be exactly ``0 .. num_hidden_layers - 1``; checked
+    before the table is built, so the message says which field disagrees."""
+    present = sorted({int(m.group(1)) for k in base if (m := _LAYER.match(k))})
+    if present != list(range(config.num_hidden_layers)):
+        shown = present if len(present) <= 8 else f"{present[:4]} ... {present[-2:]}"
+        raise ValueError(
+            f"num_hidden_layers is {config.num_hidden_layers} but the checkpoint has "
+            f"{len(present)} layer(s): encoder.layer indices {shown}"
+        )
 
-    state = torch.load(str(path), map_location="cpu", weights_only=True)
-    return {k: v.float().numpy() for k, v in state.items()}
 
+def hf_to_flax(
+    base: dict[str, np.ndarray], config: EncoderConfig, *, dtype=np.float32
+) -> dict[str, Any]:
+    """Map a base-model state dict (no prefix) to the Flax ``params`` pytree.
 
-def read_state_dict(folder: str | pathlib.Path) -> dict[str, np.ndarray]:
-    """All tensors of a checkpoint folder, preferring safetensors.
-
-    Order: ``model.safetensors``; ``model.safetensors.index.json`` (sharded);
-    ``pytorch_model.bin`` / ``pytorch_model.bin.index.json`` via
-    ``torch.load(weights_only=True)`` (never unpickles arbitrary objects).
+    Raises ``ValueError`` naming a layer-count mismatch, and every missing, unexpected
+    and mis-shaped key.
     """
-    folder = pathlib.Path(folder)
-    for name, reader in (
-        ("model.safetensors", _read_safetensors),
-        ("pytorch_model.bin", _read_torch_bin),
-    ):
-        single = folder / name
-        if single.is_file():
-            return reader(single)
-        index = folder / f"{name}.index.json"
-        if index.is_file():
-            with open(index) as f:
-                shards = sorted(set(json.load(f)["weight_map"].values()))
-            state = {}
-            for shard in shards:
-                state.update(reader(folder / shard))
-            return state
-    raise FileNotFoundError(f"no model.safetensors(.index.json) or pytorch_model.bin in {folder}")
+    _check_layer_count(base, config)
+    return state_to_params(base, param_table(config), dtype=dtype)
 
 
-def write_safetensors(state: dict[str, np.ndarray], path: str | pathlib.Path) -> None:
-    """Write a float32 state dict with the ``{"format": "pt"}`` metadata transformers expects."""
-    from safetensors.numpy import save_file
-
-    save_file(
-        {k: np.ascontiguousarray(v) for k, v in state.items()}, str(path), metadata={"format": "pt"}
-    )
+def flax_to_hf(params: dict[str, Any], config: EncoderConfig) -> dict[str, np.ndarray]:
+    """Inverse of ``hf_to_flax``: Flax params -> HF base-model state dict (float32, contiguous)."""
+    return params_to_state(params, param_table(config))

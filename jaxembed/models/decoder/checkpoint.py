@@ -163,7 +163,7 @@ def save_decoder(folder: str | pathlib.Path, config: DecoderConfig, params: dict
 
     ``prefix="model."`` writes a ``*ForCausalLM`` layout (its ``lm_head.weight`` comes from
     ``extra``, or is tied to the embeddings), ``""`` a bare ``*Model``."""
-    from jaxembed.models.weights import write_safetensors
+    from jaxembed.models.model_files import write_safetensors
 
     if prefix not in ("", "model."):
         raise ValueError(f"prefix must be '' or 'model.', got {prefix!r}")
