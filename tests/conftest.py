@@ -166,13 +166,13 @@ def _numpy_bert(config, out: pathlib.Path, rng: np.random.Generator) -> None:
     LayerNorm scales 1) and keyed by jaxembed's weight table, whose agreement with
     transformers the torch lane's parity tests check."""
     from jaxembed.models.config import EncoderConfig
-    from jaxembed.models.weights import hf_shape, param_table, write_safetensors
+    from jaxembed.models.model_files import write_safetensors
+    from jaxembed.models.weights import param_table
 
     config.save_pretrained(out)
-    enc = EncoderConfig.from_hf_dict(config.to_dict())
     state = {}
-    for key, _, _ in param_table(enc):
-        shape = hf_shape(key, enc)
+    for row in param_table(EncoderConfig.from_hf_dict(config.to_dict())):
+        key, shape = row.hf_key, row.hf_shape
         if key.endswith("bias"):
             state[key] = np.zeros(shape, np.float32)
         elif "LayerNorm" in key:
