@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-import torch
+from _optional import torch
 import transformers
 
 from jaxembed.models.config import EncoderConfig
