@@ -426,7 +426,7 @@ def test_activation_sharding_reaches_the_compiled_step(tiny_bert_dir):
                       num_groups=4, batch_size=16, max_length=16, mesh_data=2, mesh_fsdp=4)
     built = abstract_step(cfg, jax.devices())
     found = activation_constraints(built.lower().as_text())
-    layers = built.encoder.config.num_hidden_layers
+    layers = built.config.num_hidden_layers
     # per layer q, k, v, context, attention output, MLP hidden, layer output; + embeddings;
     # the backward pass constrains the cotangents too
     assert len(found) >= 1 + 7 * layers

@@ -194,12 +194,38 @@ class AbstractStep(NamedTuple):
     state: Any            # TrainState of ShapeDtypeStructs with shardings
     batch: dict           # batch of ShapeDtypeStructs with the batch sharding
     mesh: Any
-    encoder: Any          # abstract_encoder(cfg)
-    objective: Any
-    sequences: int        # encoder sequences per step (batch x columns x views)
+    config: Any           # the model's EncoderConfig or DecoderConfig
+    sequences: int        # model sequences per step (batch x columns x views)
+    model_flops: float    # analytic FLOPs of the step (jaxembed.train.flops)
+    description: str      # what the step trains, in words
+    objective: Any = None  # the encoder's Objective (build_objective); None for decoders
 
     def lower(self):
         return self.step.lower(self.state, self.batch)
+
+
+def check_batch(cfg, devices) -> None:
+    if cfg.batch_size % len(devices):
+        raise ValueError(f"batch_size {cfg.batch_size} is not divisible by the {len(devices)} "
+                         f"devices of the mesh (every device takes batch_size / devices rows)")
+
+
+def abstract_state(cfg, params, mesh, *, logical):
+    """``(tx, schedule, shardings, state)``: the trainer's AdamW for ``cfg`` and a
+    ``TrainState`` of ``ShapeDtypeStruct``s carrying their shardings over ``mesh``."""
+    import jax
+
+    from jaxembed.train.state import TrainState, make_optimizer
+    from jaxembed.train.step import state_shardings
+
+    tx, schedule = make_optimizer(learning_rate=cfg.learning_rate, total_steps=max(cfg.steps, 1),
+                                  warmup_ratio=cfg.warmup_ratio, weight_decay=cfg.weight_decay,
+                                  max_grad_norm=cfg.max_grad_norm)
+    shardings = state_shardings(params, tx, mesh, logical=logical)
+    state = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                         jax.eval_shape(lambda p: TrainState.create(p, tx, seed=0), params),
+                         shardings)
+    return tx, schedule, shardings, state
 
 
 def abstract_step(cfg, devices) -> AbstractStep:
@@ -209,25 +235,17 @@ def abstract_step(cfg, devices) -> AbstractStep:
 
     from jaxembed.train import sharding as shd
     from jaxembed.train.objectives import build_objective
-    from jaxembed.train.state import TrainState, make_optimizer
-    from jaxembed.train.step import encoder_logical_axes, make_train_step, state_shardings
+    from jaxembed.train.flops import train_step_flops
+    from jaxembed.train.step import encoder_logical_axes, make_train_step
 
     mesh = shd.make_mesh(data=cfg.mesh_data, fsdp=cfg.mesh_fsdp, devices=devices)
-    if cfg.batch_size % len(devices):
-        raise ValueError(f"batch_size {cfg.batch_size} is not divisible by the {len(devices)} "
-                         f"devices of the mesh (every device takes batch_size / devices rows)")
+    check_batch(cfg, devices)
     enc = abstract_encoder(cfg)
     objective = build_objective(cfg, enc)
     heads, head_names = shd._unbox(jax.eval_shape(objective.init_heads, jax.random.PRNGKey(0)))
     params = {"encoder": enc.params, "head": heads}
     logical = {"encoder": encoder_logical_axes(enc), "head": head_names}
-    tx, schedule = make_optimizer(learning_rate=cfg.learning_rate, total_steps=max(cfg.steps, 1),
-                                  warmup_ratio=cfg.warmup_ratio, weight_decay=cfg.weight_decay,
-                                  max_grad_norm=cfg.max_grad_norm)
-    shardings = state_shardings(params, tx, mesh, logical=logical)
-    state = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
-                         jax.eval_shape(lambda p: TrainState.create(p, tx, seed=0), params),
-                         shardings)
+    tx, schedule, shardings, state = abstract_state(cfg, params, mesh, logical=logical)
     columns = max(objective.text_columns)
     tokens = jax.ShapeDtypeStruct((cfg.batch_size, columns, cfg.max_length), jnp.int32,
                                   sharding=shd.batch_sharding(mesh))
@@ -238,23 +256,39 @@ def abstract_step(cfg, devices) -> AbstractStep:
                                                sharding=shd.batch_sharding(mesh))
     step = make_train_step(objective.loss, tx, schedule, shardings, mesh,
                            value_and_grad=objective.value_and_grad)
-    return AbstractStep(step, state, batch, mesh, enc, objective,
-                        cfg.batch_size * objective.sequences_per_row(columns))
+    sequences = cfg.batch_size * objective.sequences_per_row(columns)
+    n_params = sum(math.prod(x.shape) for x in jax.tree.leaves(params))
+    flops = train_step_flops(n_params, enc.config, seq_len=cfg.max_length, sequences=sequences)
+    return AbstractStep(step, state, batch, mesh, enc.config, sequences, flops, cfg.objective,
+                        objective)
 
 
-def plan(cfg, *, topology: str, num_slices: int = 1, hlo_path=None) -> dict:
+def plan(cfg, *, topology: str, num_slices: int = 1, hlo_path=None,
+         decoder_shape: str | dict | None = None, remat: bool = False,
+         scan_layers: bool = True) -> dict:
     """Compile ``cfg``'s train step for ``num_slices`` x ``topology``; the report of the
     module docstring as a dict (JSON-serialisable). ``hlo_path``: also write the
-    compiled (optimised, partitioned) program's HLO text there."""
+    compiled (optimised, partitioned) program's HLO text there.
+
+    A decoder model (``decoder_shape``, a preset name of
+    :data:`jaxembed.train.plan_decoder.DECODER_SHAPES` or a ``config.json`` dict, or
+    ``cfg.model`` a folder whose ``config.json`` is a decoder family) plans the
+    embedder step of :mod:`jaxembed.train.plan_decoder` (last token, in-batch InfoNCE
+    at ``cfg.temperature``), with ``remat`` per layer and ``scan_layers``."""
     import jax
 
-    from jaxembed.train.flops import peak_flops_per_device, train_step_flops
+    from jaxembed.train.flops import peak_flops_per_device
+    from jaxembed.train.plan_decoder import abstract_decoder_step, decoder_config
 
     kind, _ = parse_topology(topology)
     devices = tpu_devices(topology, num_slices=num_slices)
     if cfg.dropout_rng == "auto":
         cfg = cfg.replace(dropout_rng="rbg")
-    built = abstract_step(cfg, devices)
+    decoder = decoder_config(cfg, decoder_shape)
+    if decoder is not None:
+        built = abstract_decoder_step(cfg, devices, decoder, remat=remat, scan_layers=scan_layers)
+    else:
+        built = abstract_step(cfg, devices)
     t0 = time.perf_counter()
     lowered = built.lower()
     compiled = lowered.compile()
@@ -273,23 +307,27 @@ def plan(cfg, *, topology: str, num_slices: int = 1, hlo_path=None) -> dict:
     seconds = float(cost.get("optimal_seconds", 0.0)) + sum(uncosted.values())
     peak = peak_flops_per_device(devices[0].device_kind, bf16=True)
     n_params = sum(math.prod(x.shape) for x in jax.tree.leaves(built.state.params))
-    model_flops = train_step_flops(n_params, built.encoder.config, seq_len=cfg.max_length,
-                                   sequences=built.sequences)
+    model_flops = built.model_flops
     hbm = TPU_CHIPS[kind].hbm_bytes
-    bounded = seconds > 0
+    # a scanned decoder is a while loop: XLA costs its body (one layer) once, so its
+    # FLOPs and time cover one layer and no bound follows from them
+    scanned = decoder is not None and scan_layers
+    bounded = seconds > 0 and not scanned
     activations = activation_constraints(lowered.as_text())
     return {
         "topology": topology, "num_slices": num_slices, "chip": devices[0].device_kind,
-        "chips": chips, "mesh": dict(built.mesh.shape), "model": cfg.model,
-        "objective": cfg.objective, "batch_size": cfg.batch_size, "seq_len": cfg.max_length,
+        "chips": chips, "mesh": dict(built.mesh.shape),
+        "model": decoder_shape if isinstance(decoder_shape, str) else cfg.model,
+        "objective": built.description, "batch_size": cfg.batch_size, "seq_len": cfg.max_length,
         "sequences_per_step": built.sequences, "mixed_precision": cfg.mixed_precision,
-        "params": n_params,
+        "params": n_params, "remat": bool(decoder is not None and remat),
+        "scan_layers": scanned,
         "argument_bytes": mem.argument_size_in_bytes, "output_bytes": mem.output_size_in_bytes,
         "alias_bytes": mem.alias_size_in_bytes, "temp_bytes": mem.temp_size_in_bytes,
         "per_chip_bytes": per_chip, "hbm_bytes_per_chip": hbm, "fits": per_chip <= hbm,
         "flops_per_chip": flops_chip, "flops_per_step": flops_chip * chips,
         "bytes_accessed_per_chip": float(cost.get("bytes accessed", 0.0)),
-        "optimal_seconds": seconds if bounded else None, "uncosted_ops": uncosted,
+        "optimal_seconds": seconds if seconds > 0 else None, "uncosted_ops": uncosted,
         "model_flops_per_step": model_flops,
         "peak_flops_per_chip": peak,
         "sentences_per_s_bound": cfg.batch_size / seconds if bounded else None,
@@ -382,7 +420,10 @@ def format_plan(report: dict) -> str:
         f"analytic model FLOPs {r['model_flops_per_step']:.3e}",
     ]
     missing = ", ".join(f"{n} x {t}" for t, n in r["uncosted_ops"].items())
-    if r["optimal_seconds"] is None:
+    if r.get("scan_layers"):
+        lines.append("layers scanned: XLA's FLOPs and time count one layer, no bounds "
+                     "(--no-scan-layers for them)")
+    elif r["optimal_seconds"] is None:
         lines.append("XLA gave no step-time estimate"
                      + (f" (uncosted: {missing})" if missing else ""))
     else:

@@ -11,6 +11,9 @@ Example::
     jaxembed plan configs/whitenedcse_bert_base.py --topology v5p:2x2x2 --set max_length=128
     jaxembed plan configs/simcse_unsup_bert_base.py --topology v5p:4x4x8 \\
         --set mesh_data=1 --set mesh_fsdp=-1 --json
+    jaxembed plan configs/quickstart.py --decoder-shape qwen3-8b --topology v5p:4x4x4 \\
+        --set batch_size=1024 --set max_length=512 --set mesh_data=1 --set mesh_fsdp=-1 \\
+        --set mixed_precision=true --set temperature=0.02 --remat
 """
 
 from __future__ import annotations
@@ -30,6 +33,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "(they split the data axis)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config field (repeatable), e.g. mesh_fsdp=8")
+    parser.add_argument("--decoder-shape", default=None, metavar="NAME",
+                        help="plan a decoder-LLM embedder of this preset shape (random "
+                             "weights, never read): qwen3-0.6b, qwen3-8b, llama3-8b; a config "
+                             "whose model folder holds a decoder config.json needs no flag")
+    parser.add_argument("--remat", action="store_true",
+                        help="decoders: rematerialise each layer in the backward pass")
+    parser.add_argument("--no-scan-layers", dest="scan_layers", action="store_false",
+                        help="decoders: unroll the layers instead of nn.scan: a slower compile, "
+                             "but XLA's FLOPs and the MFU bound then cover every layer")
     parser.add_argument("--json", action="store_true", help="print one JSON line")
     parser.add_argument("--hlo", metavar="FILE", default=None,
                         help="also write the compiled program's HLO text to FILE")
@@ -63,7 +75,8 @@ def run(args) -> int:
         with _compile_only_env():
             cfg = load_config(args.config, overrides=args.overrides)
             report = plan(cfg, topology=args.topology, num_slices=args.num_slices,
-                          hlo_path=args.hlo)
+                          hlo_path=args.hlo, decoder_shape=args.decoder_shape, remat=args.remat,
+                          scan_layers=args.scan_layers)
     except (ValueError, FileNotFoundError, RuntimeError) as e:
         print(f"jaxembed plan: {e}", file=sys.stderr)
         return 2

@@ -1,7 +1,8 @@
 """The one rules table from logical axes to the ``data``/``fsdp`` mesh, and placement helpers.
 
-The encoder names the axes of its parameters and activations with logical
-names (``batch``, ``seq``, ``embed``, ``heads``, ``kv``, ``mlp``, ``vocab``);
+The encoder and decoder name the axes of their parameters and activations with
+logical names (``batch``, ``seq``, ``embed``, ``heads``, ``kv_heads``, ``kv``,
+``mlp``, ``vocab``, and ``layers`` for the decoder's scanned, stacked layers);
 :data:`LOGICAL_RULES` is the single place that maps them to mesh axes:
 
 * ``batch`` -> ``("data", "fsdp")``: every device holds ``B / n_devices`` rows;
@@ -55,8 +56,10 @@ LOGICAL_RULES: tuple[tuple[str, Any], ...] = (
     ("vocab", None),
     ("seq", None),
     ("heads", None),
+    ("kv_heads", None),
     ("kv", None),
     ("mlp", None),
+    ("layers", None),
 )
 
 # parameters below this many bytes stay replicated: every vector of a BERT
