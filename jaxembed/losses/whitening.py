@@ -8,8 +8,11 @@ one-matrix LAPACK calls: see :mod:`jaxembed.losses.whitening_matrices`).
 
 from __future__ import annotations
 
+from collections.abc import Hashable
+
 import jax
 import jax.numpy as jnp
+from jax.typing import ArrayLike
 
 from jaxembed.losses._checks import (
     HIGHEST,
@@ -39,7 +42,7 @@ def _batch_sum(x, axis, axis_name):
     return s if axis_name is None else jax.lax.psum(s, axis_name)
 
 
-def group_covariance(xt, *, axis_name=None):
+def group_covariance(xt: ArrayLike, *, axis_name: Hashable | None = None) -> jax.Array:
     """Centred inputs and biased covariances of channel groups, channels first.
 
     Args:
@@ -91,15 +94,15 @@ _take_rows.defvjp(_take_rows_fwd, _take_rows_bwd)
 
 
 def group_whitening(
-    x,
+    x: ArrayLike,
     *,
-    num_groups,
-    eps=0.0,
+    num_groups: int,
+    eps: float = 0.0,
     method: str = "eigh",
     stop_gradient: bool = True,
     iterations: int = 5,
-    axis_name=None,
-):
+    axis_name: Hashable | None = None,
+) -> jax.Array:
     r"""Whiten each contiguous channel group of ``x`` over the batch.
 
     Args:
@@ -154,16 +157,16 @@ def group_whitening(
 
 
 def shuffled_group_whitening(
-    x,
-    key,
+    x: ArrayLike,
+    key: jax.Array,
     *,
-    num_groups,
-    eps=0.0,
+    num_groups: int,
+    eps: float = 0.0,
     method: str = "eigh",
     stop_gradient: bool = True,
     iterations: int = 5,
-    axis_name=None,
-):
+    axis_name: Hashable | None = None,
+) -> jax.Array:
     r"""Shuffled group whitening (SGW): whiten a random channel grouping.
 
     ``perm = jax.random.permutation(key, D)``; ``z = group_whitening(x[:, perm])``;

@@ -51,6 +51,7 @@ from functools import partial
 
 import jax
 import jax.numpy as jnp
+from jax.typing import ArrayLike
 
 from jaxembed.losses._checks import HIGHEST, check_choice, check_nonnegative, check_positive_int
 
@@ -108,7 +109,7 @@ def _mm(a, b):
 
 
 @partial(jax.custom_jvp, nondiff_argnums=(1,))
-def zca_matrix(cov, eps=0.0):
+def zca_matrix(cov: ArrayLike, eps: float = 0.0) -> jax.Array:
     r"""ZCA whitening matrix ``(cov + eps I)^{-1/2}`` of ``cov`` [..., c, c] -> [..., c, c].
 
     Example:
@@ -145,7 +146,7 @@ _inverse_cholesky = _one_matrix_per_lapack_call(_inverse_cholesky_factor)
 
 
 @partial(jax.custom_jvp, nondiff_argnums=(1,))
-def cholesky_matrix(cov, eps=0.0):
+def cholesky_matrix(cov: ArrayLike, eps: float = 0.0) -> jax.Array:
     r"""Cholesky whitening matrix ``L^{-ᵀ}``, ``cov + eps I = L Lᵀ``: [..., c, c] -> same.
 
     Its derivative is a custom JVP of matmuls: ``dL = L Φ(L^{-1} dΣ L^{-ᵀ})``
@@ -170,7 +171,7 @@ def _cholesky_matrix_jvp(eps, primals, tangents):
     return w, -_mm(w, jnp.swapaxes(phi, -1, -2))
 
 
-def newton_schulz_matrix(cov, eps=0.0, *, iterations=5):
+def newton_schulz_matrix(cov: ArrayLike, eps: float = 0.0, *, iterations: int = 5) -> jax.Array:
     r"""IterNorm's Newton-Schulz approximation of ``(cov + eps I)^{-1/2}``: [..., c, c] -> same.
 
     ``Σ_N = (cov + eps I) / tr(cov + eps I)``; IterNorm iterates
@@ -200,7 +201,8 @@ def newton_schulz_matrix(cov, eps=0.0, *, iterations=5):
     return z * jax.lax.rsqrt(trace)
 
 
-def whitening_matrix(cov, *, eps=0.0, method="eigh", iterations=5):
+def whitening_matrix(cov: ArrayLike, *, eps: float = 0.0, method: str = "eigh",
+                     iterations: int = 5) -> jax.Array:
     """Dispatch to :func:`zca_matrix`, :func:`cholesky_matrix` or :func:`newton_schulz_matrix`.
 
     Args:
