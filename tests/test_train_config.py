@@ -7,7 +7,9 @@ import pathlib
 import pytest
 
 from jaxembed.train import cli as train_cli
-from jaxembed.train.config import TrainConfig, apply_overrides, field_names, load_config
+from jaxembed.train.config import (POOLINGS, WHITENING_METHODS, TrainConfig, apply_overrides,
+                                   check_devices, field_names, load_config)
+from jaxembed.train.errors import ConfigError
 
 CONFIGS = pathlib.Path(__file__).resolve().parent.parent / "configs"
 
@@ -50,6 +52,71 @@ def test_invalid_values_rejected():
         TrainConfig(objective="simcse")
     with pytest.raises(ValueError, match="num_views"):
         TrainConfig(objective="whitenedcse", num_views=1)
+
+
+NAN, INF = float("nan"), float("inf")
+
+
+@pytest.mark.parametrize("field,value", [
+    ("save_every", 0), ("steps", -5), ("max_chars", 0), ("learning_rate", -1e-5),
+    ("learning_rate", NAN), ("learning_rate", INF), ("warmup_ratio", 1.5), ("warmup_ratio", -0.1),
+    ("keep", 0), ("temperature", 0.0), ("temperature", -0.05), ("num_groups", 0),
+    ("whitening_eps", -1e-5), ("log_every", -1), ("eval_every", -1), ("whitening_method", "svd"),
+    ("train_pooling", "avg"), ("eval_pooling", "first"), ("batch_size", 0), ("max_length", 0),
+    ("dse_task_loss", "hinge"), ("adam_b2", 1.0), ("weight_decay", NAN), ("prefetch", -1),
+    ("grad_cache_chunk", -2), ("mesh_fsdp", 0), ("seed", -1), ("seed", 2**32), ("resume", "yes"),
+    ("collapse_steps", -1), ("m2d_dims", (8, 0)), ("batch_size", "8"), ("mlp", "no"),
+])
+def test_every_bad_value_is_named(field, value):
+    """One place (``__post_init__``) rejects every bad field, naming the field and the value."""
+    with pytest.raises(ConfigError) as info:
+        TrainConfig(**{field: value})
+    msg = str(info.value)
+    assert isinstance(info.value, ValueError) and f"{field} must be" in msg and repr(value) in msg
+
+
+def test_bad_override_from_the_command_line_is_one_line(tmp_path, capsys):
+    for override, field in [("save_every=0", "save_every"), ("steps=-5", "steps"),
+                            ("learning_rate=nan", "learning_rate")]:
+        args = _parse([str(CONFIGS / "quickstart.py"), "--workdir", str(tmp_path),
+                       "--set", override])
+        assert train_cli.run(args) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and f"{field} must be" in err[0], err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_check_devices_names_batch_and_mesh():
+    cfg = TrainConfig(model="m", data="d", batch_size=12)
+    with pytest.raises(ConfigError, match=r"^batch_size 12 is not divisible by 8 devices "
+                                          r"\(mesh data 8 x fsdp 1\)"):
+        check_devices(cfg, 8)
+    assert check_devices(cfg.replace(batch_size=16, mesh_fsdp=2), 8) == (4, 2)
+    assert check_devices(cfg.replace(batch_size=16, mesh_data=2, mesh_fsdp=-1), 8) == (2, 4)
+    with pytest.raises(ConfigError, match="mesh_data=3 x mesh_fsdp=1 does not cover the 8 devices"):
+        check_devices(cfg.replace(batch_size=24, mesh_data=3), 8)
+    with pytest.raises(ConfigError, match="data is empty"):
+        check_devices(cfg.replace(batch_size=16, data=""), 8)
+
+
+def test_indivisible_batch_is_refused_before_loading_anything(tmp_path, capsys):
+    """On 8 devices, before the model or corpus is read (the workdir stays empty)."""
+    import jax
+
+    args = _parse([f"{CONFIGS / 'quickstart.py'}:tiny", "--workdir", str(tmp_path / "w"),
+                   "--set", "batch_size=12"])
+    assert jax.device_count() == 8 and train_cli.run(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["jaxembed train: batch_size 12 is not divisible by 8 devices (mesh data 8 x "
+                   "fsdp 1); use a multiple of 8"]
+    assert not (tmp_path / "w").exists()
+
+
+def test_choice_lists_match_the_implementations():
+    from jaxembed.losses.whitening_matrices import METHODS
+    from jaxembed.models.pooling import POOLING_METHODS
+
+    assert WHITENING_METHODS == tuple(METHODS) and POOLINGS == tuple(POOLING_METHODS)
 
 
 @pytest.mark.parametrize("name", ["quickstart", "simcse_unsup_bert_base", "simcse_sup_bert_base",

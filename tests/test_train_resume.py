@@ -1,10 +1,12 @@
-"""Checkpoints: corrupt-latest fallback, and SIGKILL + restart giving bit-identical losses."""
+"""Checkpoints: corrupt-latest fallback and quarantine, refused foreign or non-finite states,
+and SIGKILL + restart giving bit-identical losses."""
 
 from __future__ import annotations
 
 import json
 import os
 import pathlib
+import shutil
 import signal
 import subprocess
 import sys
@@ -15,7 +17,8 @@ import numpy as np
 import pytest
 
 from jaxembed.train import sharding as shd
-from jaxembed.train.checkpoint import Checkpointer, abstract_like
+from jaxembed.train.checkpoint import Checkpointer, IncompatibleCheckpointError, abstract_like
+from jaxembed.train.errors import NonFiniteError
 from jaxembed.train.state import TrainState, make_optimizer
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
@@ -37,40 +40,125 @@ def _data_files(directory: pathlib.Path) -> list[pathlib.Path]:
     return [p for p in directory.rglob("*") if p.is_file() and p.parent.name == "d"]
 
 
-@pytest.mark.parametrize("damage", ["flip_bytes", "delete_dir_contents"])
-def test_corrupt_latest_checkpoint_falls_back(tmp_path, rng, damage):
-    s1, sh = _state(rng, 1)
-    s2 = s1.replace(step=s1.step + 1, params=jax.tree.map(lambda x: x * 2.0 + 1.0, s1.params))
-    reports = []
-    ckpt = Checkpointer(tmp_path / "ckpt", keep=3, report=reports.append)
-    ckpt.save(1, s1, meta={"data_position": 11})
-    ckpt.save(2, s2, meta={"data_position": 22})
-    step_dir = tmp_path / "ckpt" / "2"
+def _damage(step_dir: pathlib.Path, damage: str) -> None:
+    state = step_dir / "state"
     if damage == "flip_bytes":  # silent corruption: the file still parses
-        files = _data_files(step_dir / "state")
+        files = _data_files(state)
         assert files
         for target in files:
             data = bytearray(target.read_bytes())
             for i in range(len(data) // 2, min(len(data), len(data) // 2 + 16)):
                 data[i] ^= 0x5A
             target.write_bytes(bytes(data))
-    else:  # an incomplete checkpoint: its array data gone
-        for p in (step_dir / "state").rglob("*"):
+    elif damage == "delete_dir_contents":  # an incomplete checkpoint: its array data gone
+        for p in state.rglob("*"):
             if p.is_file():
                 p.unlink()
+    elif damage in ("truncate_data", "zero_data"):
+        files = _data_files(state)
+        assert files
+        for target in files:
+            data = target.read_bytes()
+            target.write_bytes(data[:len(data) // 2] if damage == "truncate_data"
+                               else bytes(len(data)))
+    elif damage == "delete_manifests":
+        manifests = list(state.rglob("manifest.ocdbt"))
+        assert manifests
+        for p in manifests:
+            p.unlink()
+    elif damage == "invalid_meta":
+        (step_dir / "meta" / "metadata").write_text('{"data_position": 2, ')
+    elif damage == "missing_meta":
+        (step_dir / "meta" / "metadata").unlink()
+    elif damage == "delete_state":
+        shutil.rmtree(state)
+    elif damage == "empty_step_dir":
+        shutil.rmtree(step_dir)
+        step_dir.mkdir()
+    else:
+        raise AssertionError(damage)
+
+
+DAMAGE = ["flip_bytes", "delete_dir_contents", "truncate_data", "zero_data", "delete_manifests",
+          "invalid_meta", "missing_meta", "delete_state", "empty_step_dir"]
+
+
+@pytest.mark.filterwarnings("error::pytest.PytestUnraisableExceptionWarning")
+@pytest.mark.parametrize("damage", DAMAGE)
+def test_corrupt_latest_checkpoint_falls_back(tmp_path, rng, damage, capfd):
+    """Fall back to the previous step, move the damaged one aside (so saving that step again
+    works: no StepAlreadyExistsError crash loop), and say so in one line, without Orbax's
+    asyncio noise."""
+    s1, sh = _state(rng, 1)
+    s2 = s1.replace(step=s1.step + 1, params=jax.tree.map(lambda x: x * 2.0 + 1.0, s1.params))
+    reports = []
+    with Checkpointer(tmp_path / "ckpt", keep=3, report=reports.append) as ckpt:
+        ckpt.save(1, s1, meta={"data_position": 11})
+        ckpt.save(2, s2, meta={"data_position": 22})
+    step_dir = tmp_path / "ckpt" / "2"
+    _damage(step_dir, damage)
+    capfd.readouterr()
     abstract = abstract_like(s1, sh)
-    restored, meta = Checkpointer(tmp_path / "ckpt", keep=3, report=reports.append).restore_latest(abstract)
-    assert meta["data_position"] == 11 and int(restored.step) == int(s1.step)
-    for a, b in zip(jax.tree.leaves(restored), jax.tree.leaves(s1)):
+    with Checkpointer(tmp_path / "ckpt", keep=3, report=reports.append) as ckpt:
+        restored, meta = ckpt.restore_latest(abstract)
+        assert meta["data_position"] == 11 and int(restored.step) == int(s1.step)
+        for a, b in zip(jax.tree.leaves(restored), jax.tree.leaves(s1)):
+            assert np.array_equal(np.asarray(a), np.asarray(b))
+        assert len(reports) == 1 and "step 2" in reports[0] and "unusable" in reports[0], reports
+        moved = sorted((tmp_path / "ckpt_quarantine").iterdir())
+        assert [p.name.split("-")[0] for p in moved] == ["2"] and str(moved[0]) in reports[0]
+        assert not step_dir.exists() and ckpt.all_steps() == [1]
+        ckpt.save(2, s2, meta={"data_position": 22})  # the run goes on past the bad step
+    with Checkpointer(tmp_path / "ckpt", keep=3, report=reports.append) as ckpt:
+        restored, meta = ckpt.restore_latest(abstract)
+    assert meta["data_position"] == 22 and len(reports) == 1
+    for a, b in zip(jax.tree.leaves(restored), jax.tree.leaves(s2)):
         assert np.array_equal(np.asarray(a), np.asarray(b))
-    assert any("step 2" in r and "unusable" in r for r in reports), reports
+    out, err = capfd.readouterr()
+    assert len((out + err).splitlines()) <= 2, out + err
+
+
+def test_checkpoint_of_another_model_is_refused_and_kept(tmp_path, rng):
+    """A state tree that differs from the saved one (another model/objective, e.g. after
+    resume=force with mlp=false) raises naming the leaves; nothing is moved or deleted."""
+    s1, sh = _state(rng, 1)
+    with Checkpointer(tmp_path / "ckpt", keep=3) as ckpt:
+        ckpt.save(1, s1, meta={"data_position": 1})
+        ckpt.save(2, s1, meta={"data_position": 2})
+    other = s1.replace(params={"w": s1.params["w"], "head": s1.params["b"]})
+    other_sh = sh.replace(params={"w": sh.params["w"], "head": sh.params["b"]})
+    reports = []
+    with Checkpointer(tmp_path / "ckpt", keep=3, report=reports.append) as ckpt:
+        with pytest.raises(IncompatibleCheckpointError, match=r"params\.b.*params\.head"):
+            ckpt.restore_latest(abstract_like(other, other_sh))
+        assert ckpt.all_steps() == [1, 2] and reports == []
+    assert not (tmp_path / "ckpt_quarantine").exists()
+    wide = s1.replace(params=dict(s1.params, b=np.zeros((5,), np.float32)))
+    with Checkpointer(tmp_path / "ckpt", keep=3) as ckpt:
+        with pytest.raises(IncompatibleCheckpointError,
+                           match=r"params\.b: \(\(4,\), 'float32'\) vs"):
+            ckpt.restore_latest(abstract_like(wide, jax.tree.map(lambda _: sh.step, wide)))
+
+
+def test_non_finite_state_is_never_saved(tmp_path, rng):
+    s1, sh = _state(rng, 1)
+    bad = s1.replace(step=s1.step + 1, params=dict(s1.params, w=s1.params["w"] * np.nan))
+    with Checkpointer(tmp_path / "ckpt", keep=3) as ckpt:
+        ckpt.save(1, s1, meta={"data_position": 1})
+        with pytest.raises(NonFiniteError, match=r"step 2: 1 arrays .*\(params\.w\); not saved\. "
+                                                 r"The last checkpoint \(step 1\) is finite"):
+            ckpt.save(2, bad, meta={"data_position": 2})
+        assert ckpt.all_steps() == [1]
+        assert sorted(p.name for p in (tmp_path / "ckpt").iterdir()) == ["1"]
+        restored, meta = ckpt.restore_latest(abstract_like(s1, sh))
+    assert meta["data_position"] == 1
 
 
 def test_intact_checkpoint_restores_exactly(tmp_path, rng):
     s1, sh = _state(rng, 3)
-    ckpt = Checkpointer(tmp_path / "ckpt", keep=1)
-    ckpt.save(5, s1, meta={"data_position": 5})
-    restored, meta = ckpt.restore_latest(abstract_like(s1, sh))
+    with Checkpointer(tmp_path / "ckpt", keep=1) as ckpt:
+        ckpt.save(5, s1, meta={"data_position": 5})
+        restored, meta = ckpt.restore_latest(abstract_like(s1, sh))
     assert meta["data_position"] == 5
     for a, b in zip(jax.tree.leaves(restored), jax.tree.leaves(s1)):
         assert np.array_equal(np.asarray(a), np.asarray(b))
@@ -162,6 +250,29 @@ def test_sigkill_and_resume_is_bit_identical(reference_run):
     assert got == ref  # exact float equality, every step
     assert step_losses(work, "eval/stsb_dev_spearman") == step_losses(tmp / "work", "eval/stsb_dev_spearman")
     assert (work / "export" / "config.json").is_file()
+
+
+def test_damaged_latest_checkpoint_resumes_bit_identical(reference_run):
+    """The finished reference workdir with its newest checkpoint zeroed: the rerun moves it
+    aside, redoes the last step from the previous one and ends exactly where the reference
+    did (losses, exported bytes); before the quarantine it died with StepAlreadyExistsError."""
+    tmp, cfg, ref = reference_run["tmp"], reference_run["cfg"], reference_run["losses"]
+    work = tmp / "damaged"
+    shutil.copytree(tmp / "work", work)
+    last = max(int(p.name) for p in (work / "ckpt").iterdir())
+    _damage(work / "ckpt" / str(last), "zero_data")
+    out = subprocess.run(train_cmd(cfg, work), env=train_env(tmp), capture_output=True, text=True,
+                         timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    moved = [p.name for p in (work / "ckpt_quarantine").iterdir()]
+    assert [m.split("-")[0] for m in moved] == [str(last)]
+    assert f"checkpoint at step {last}" in out.stdout
+    assert f"ckpt_quarantine/{moved[0]}" in out.stdout
+    assert len((out.stdout + out.stderr).splitlines()) < 12, out.stdout + out.stderr
+    assert step_losses(work) == ref
+    for name in ("export", "export_best"):
+        assert ((work / name / "model.safetensors").read_bytes()
+                == (tmp / "work" / name / "model.safetensors").read_bytes())
 
 
 def _free_port() -> int:

@@ -4,7 +4,9 @@ Modules: ``config`` (typed ``TrainConfig`` + loaders), ``sharding`` (the
 logical-axis rules table and placement), ``state`` (TrainState, AdamW
 schedule), ``objectives`` (SimCSE / WhitenedCSE / DSE / 2DMSE from
 ``jaxembed.losses``), ``step`` (the jit step), ``checkpoint`` (Orbax),
-``metrics`` (JSONL + TensorBoard), ``flops`` (MFU), ``trainer`` (the loop),
+``metrics`` (JSONL + TensorBoard), ``flops`` (MFU), ``health`` (non-finite /
+collapsed training), ``workdir`` (the workdir lock and recorded config),
+``errors`` (what the CLI reports in one line), ``trainer`` (the loop),
 ``distributed`` (multi-process start-up), ``cli`` (``jaxembed train``).
 Nothing is imported eagerly so ``jaxembed --help`` stays fast.
 """

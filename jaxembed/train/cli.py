@@ -1,7 +1,13 @@
 """``jaxembed train CONFIG[:ARG] --workdir DIR [--set key=value ...]``.
 
 Running it again with the same ``--workdir`` resumes from the newest intact
-checkpoint (params, optimiser state, RNG, data position).
+checkpoint (params, optimiser state, RNG, data position), under the same config
+(``--set resume=force`` to resume despite a change; see
+:mod:`jaxembed.train.config` for the keys that may change freely).
+
+Exit status: 0 done; 2 the config is invalid (also for these devices); 1 the run was refused or
+stopped (workdir in use, config differs from the recorded one, non-finite or
+collapsed training, disk full, ...), with one line on stderr saying why.
 
 Example::
 
@@ -42,9 +48,14 @@ def run(args) -> int:
     from jaxembed.train.distributed import maybe_initialize
 
     maybe_initialize(args.coordinator, args.num_processes, args.process_id)
+    from jaxembed.train.errors import ConfigError, RunError
     from jaxembed.train.trainer import train
 
-    summary = train(cfg, args.workdir)
+    try:
+        summary = train(cfg, args.workdir)
+    except RunError as e:  # refused or stopped on purpose: the message says why and what to do
+        print(f"jaxembed train: {e}", file=sys.stderr)
+        return 2 if isinstance(e, ConfigError) else 1
     last = summary.get("last") or {}
     if last:
         print(f"done: {summary['steps']} steps, final loss {last.get('loss', float('nan')):.4f}, "

@@ -6,6 +6,24 @@ command line, e.g. ``configs/simcse_unsup_bert_base.py:tiny``, as in
 big_vision). ``--set key=value`` overrides are parsed to the field's type;
 unknown keys are an error that lists the valid ones.
 
+Validation happens in one place before anything heavy: every field's own
+range in ``TrainConfig.__post_init__`` (so a bad config cannot even be
+built), and :func:`check_devices` for what needs the device count (the global
+batch must split evenly over the ``(data, fsdp)`` mesh). Errors are
+:class:`~jaxembed.train.errors.ConfigError` (a ``ValueError``) naming the
+field and the bad value.
+
+Resuming: the trainer records the config in ``WORKDIR/train_config.json`` and
+refuses to resume a run under a different one (:func:`config_changes`), since
+a changed ``batch_size``, ``learning_rate``, ``steps``, ``seed`` or model would
+silently splice two runs. Only the keys in :data:`RESUMABLE_KEYS` may change
+between restarts: they decide how a run is watched, saved and placed, not what
+it computes (``progress``, ``log_every``, ``eval_every``, ``eval_before``,
+``save_every``, ``keep``, ``prefetch``, ``peak_flops_per_device``,
+``collapse_steps``, ``tfds_data_dir``, the mesh shape, ``resume`` itself).
+``--set resume=force`` continues despite other changes (the differing keys are
+printed and the new config is recorded).
+
 Example::
 
     cfg = load_config("configs/quickstart.py", overrides=["steps=10", "seed=1"])
@@ -16,12 +34,27 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.util
+import math
 import pathlib
 import typing
 from typing import Any, Sequence
 
+from jaxembed.train.errors import ConfigError
+
 OBJECTIVES = ("simcse_unsup", "simcse_sup", "whitenedcse", "dse")
 DATA_FORMATS = ("auto", "lines", "triplets", "pairs_jsonl", "snli", "tfds")
+# kept equal to jaxembed.models.pooling.POOLING_METHODS and
+# jaxembed.losses.whitening_matrices.METHODS by tests/test_train_config.py (importing them
+# here would load jax just to read a config)
+POOLINGS = ("cls", "cls_before_pooler", "mean", "max", "last4_mean")
+WHITENING_METHODS = ("eigh", "cholesky", "newton_schulz")
+DSE_TASK_LOSSES = ("mse", "bce", "ce", "none")
+DROPOUT_RNGS = ("auto", "threefry", "rbg", "unsafe_rbg")
+RESUME_MODES = ("auto", "force")
+# keys that may differ between the recorded config of a workdir and a resumed run
+RESUMABLE_KEYS = frozenset({"resume", "progress", "log_every", "eval_every", "eval_before",
+                            "save_every", "keep", "prefetch", "peak_flops_per_device",
+                            "collapse_steps", "tfds_data_dir", "mesh_data", "mesh_fsdp"})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,29 +105,23 @@ class TrainConfig:
     mesh_data: int = -1                  # -1: all devices not used by fsdp
     mesh_fsdp: int = 1
     # run
-    seed: int = 42
+    seed: int = 42                       # 0 <= seed < 2**32 - 1 (PRNGKey wraps at 2**32)
     eval_every: int = 125                # 0: no STS-B dev evaluation
     eval_data: str = ""                  # STS-B dev csv (sts-dev.csv)
     eval_before: bool = True
     save_every: int = 500
     keep: int = 3
-    log_every: int = 1
+    log_every: int = 1                   # 0 or 1: every step
     peak_flops_per_device: float = 0.0   # 0: the platform default in jaxembed.train.flops
     progress: bool = True
+    collapse_steps: int = 3              # stop (error) after this many consecutive steps whose
+    #                                      gradient is exactly zero (a collapsed model); 0: never
+    resume: str = "auto"                 # auto: resume only under the recorded config; force: any
 
     def __post_init__(self):
-        if self.objective not in OBJECTIVES:
-            raise ValueError(f"objective must be one of {OBJECTIVES}, got {self.objective!r}")
-        if self.data_format not in DATA_FORMATS:
-            raise ValueError(f"data_format must be one of {DATA_FORMATS}, got {self.data_format!r}")
-        if self.batch_size <= 0 or self.max_length <= 0:
-            raise ValueError(f"batch_size and max_length must be > 0, got {self.batch_size}, {self.max_length}")
-        if self.num_views < 2 and self.objective in ("simcse_unsup", "whitenedcse"):
-            raise ValueError(f"{self.objective} needs num_views >= 2, got {self.num_views}")
-        if self.dropout_rng not in ("auto", "threefry", "rbg", "unsafe_rbg"):
-            raise ValueError(f"dropout_rng must be auto|threefry|rbg|unsafe_rbg, got {self.dropout_rng!r}")
-        if not 0.0 <= self.dse_alpha <= 1.0:
-            raise ValueError(f"dse_alpha must be in [0, 1], got {self.dse_alpha}")
+        problems = _field_problems(self)
+        if problems:
+            raise ConfigError("invalid config: " + "; ".join(problems))
 
     def replace(self, **changes) -> "TrainConfig":
         unknown = sorted(set(changes) - set(field_names()))
@@ -104,6 +131,119 @@ class TrainConfig:
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+
+def _rules(c: TrainConfig) -> list[tuple[str, bool, str]]:
+    """``(field, valid, rule)`` for every field with a range (types are checked first)."""
+    finite = math.isfinite
+    unit = lambda x: finite(x) and 0.0 <= x <= 1.0  # noqa: E731
+    min_views = 2 if c.objective in ("simcse_unsup", "whitenedcse") else 1
+    return [
+        ("objective", c.objective in OBJECTIVES, f"one of {OBJECTIVES}"),
+        ("train_pooling", c.train_pooling in POOLINGS, f"one of {POOLINGS}"),
+        ("eval_pooling", c.eval_pooling in POOLINGS, f"one of {POOLINGS}"),
+        ("temperature", finite(c.temperature) and c.temperature > 0, "finite and > 0"),
+        ("num_views", c.num_views >= min_views,
+         f">= {min_views}" + (f" for {c.objective}" if min_views == 2 else "")),
+        ("num_groups", c.num_groups >= 1, ">= 1"),
+        ("whitening_eps", finite(c.whitening_eps) and c.whitening_eps >= 0, "finite and >= 0"),
+        ("whitening_method", c.whitening_method in WHITENING_METHODS,
+         f"one of {WHITENING_METHODS}"),
+        ("dse_alpha", unit(c.dse_alpha), "in [0, 1]"),
+        ("dse_task_loss", c.dse_task_loss in DSE_TASK_LOSSES, f"one of {DSE_TASK_LOSSES}"),
+        ("dse_hidden", c.dse_hidden >= 1, ">= 1"),
+        ("dse_out", c.dse_out >= 1, ">= 1"),
+        ("m2d_dims", all(d >= 1 for d in c.m2d_dims), "dimensions >= 1"),
+        ("grad_cache_chunk", c.grad_cache_chunk >= 0, ">= 0 (0: off)"),
+        ("data_format", c.data_format in DATA_FORMATS, f"one of {DATA_FORMATS}"),
+        ("max_length", c.max_length >= 1, ">= 1"),
+        ("max_chars", c.max_chars >= 1, ">= 1"),
+        ("batch_size", c.batch_size >= 1, ">= 1"),
+        ("epochs", c.epochs >= 0, ">= 0"),
+        ("steps", c.steps >= 0, ">= 0 (0: epochs x batches per epoch)"),
+        ("epochs", c.steps > 0 or c.epochs > 0, ">= 1 when steps=0"),
+        ("prefetch", c.prefetch >= 0, ">= 0"),
+        ("learning_rate", finite(c.learning_rate) and c.learning_rate >= 0, "finite and >= 0"),
+        ("warmup_ratio", unit(c.warmup_ratio), "in [0, 1]"),
+        ("weight_decay", finite(c.weight_decay) and c.weight_decay >= 0, "finite and >= 0"),
+        ("adam_b1", finite(c.adam_b1) and 0 <= c.adam_b1 < 1, "in [0, 1)"),
+        ("adam_b2", finite(c.adam_b2) and 0 <= c.adam_b2 < 1, "in [0, 1)"),
+        ("adam_eps", finite(c.adam_eps) and c.adam_eps >= 0, "finite and >= 0"),
+        ("max_grad_norm", finite(c.max_grad_norm), "finite (<= 0: no clipping)"),
+        ("dropout_rng", c.dropout_rng in DROPOUT_RNGS, f"one of {DROPOUT_RNGS}"),
+        ("mesh_data", c.mesh_data == -1 or c.mesh_data >= 1, "-1 (the rest) or >= 1"),
+        ("mesh_fsdp", c.mesh_fsdp == -1 or c.mesh_fsdp >= 1, "-1 (the rest) or >= 1"),
+        ("mesh_fsdp", not c.mesh_data == c.mesh_fsdp == -1, "!= -1 when mesh_data is -1"),
+        ("seed", 0 <= c.seed < 2**32 - 1, "in [0, 2**32 - 1)"),
+        ("eval_every", c.eval_every >= 0, ">= 0 (0: no evaluation)"),
+        ("save_every", c.save_every >= 1, ">= 1"),
+        ("keep", c.keep >= 1, ">= 1"),
+        ("log_every", c.log_every >= 0, ">= 0"),
+        ("peak_flops_per_device", finite(c.peak_flops_per_device) and c.peak_flops_per_device >= 0,
+         "finite and >= 0 (0: the platform default)"),
+        ("collapse_steps", c.collapse_steps >= 0, ">= 0 (0: never stop)"),
+        ("resume", c.resume in RESUME_MODES, f"one of {RESUME_MODES}"),
+    ]
+
+
+def _type_problems(c: TrainConfig) -> list[str]:
+    """Fields whose value is not of the declared type (ints are accepted as floats)."""
+    out = []
+    for name, typ in _field_types().items():
+        v = getattr(c, name)
+        if typing.get_origin(typ) is tuple:
+            elem = typing.get_args(typ)[0]
+            ok = isinstance(v, tuple) and all(isinstance(x, elem) and not isinstance(x, bool)
+                                              for x in v)
+        elif typ is float:
+            ok = isinstance(v, (int, float)) and not isinstance(v, bool)
+        elif typ is int:
+            ok = isinstance(v, int) and not isinstance(v, bool)
+        else:
+            ok = isinstance(v, typ)
+        if not ok:
+            out.append(f"{name} must be of type {getattr(typ, '__name__', typ)}, got {v!r}")
+    return out
+
+
+def _field_problems(c: TrainConfig) -> list[str]:
+    """What is wrong with ``c``'s fields, one sentence each, naming field and value."""
+    return _type_problems(c) or [f"{name} must be {rule}, got {getattr(c, name)!r}"
+                                 for name, ok, rule in _rules(c) if not ok]
+
+
+def check_devices(cfg: TrainConfig, device_count: int) -> tuple[int, int]:
+    """The ``(data, fsdp)`` mesh shape of ``cfg`` on ``device_count`` devices; raises
+    :class:`ConfigError` if the mesh does not cover the devices or the global batch
+    does not split evenly over them (every device takes ``batch_size / devices`` rows)."""
+    data, fsdp = cfg.mesh_data, cfg.mesh_fsdp
+    if data == -1:
+        data = device_count // fsdp
+    if fsdp == -1:
+        fsdp = device_count // data
+    if data * fsdp != device_count or data < 1 or fsdp < 1:
+        raise ConfigError(f"mesh_data={cfg.mesh_data} x mesh_fsdp={cfg.mesh_fsdp} does not cover "
+                          f"the {device_count} devices (their product must be {device_count})")
+    if cfg.batch_size % device_count:
+        raise ConfigError(f"batch_size {cfg.batch_size} is not divisible by {device_count} devices "
+                          f"(mesh data {data} x fsdp {fsdp}); use a multiple of {device_count}")
+    for name in ("model", "data"):
+        if not getattr(cfg, name):
+            raise ConfigError(f"{name} is empty: set it in the config file or with "
+                              f"--set {name}=...")
+    return data, fsdp
+
+
+def config_changes(recorded: dict, cfg: TrainConfig) -> list[tuple[str, Any, Any]]:
+    """``(key, recorded value, new value)`` for every key outside :data:`RESUMABLE_KEYS`
+    on which ``cfg`` differs from the ``recorded`` ``to_dict()`` (a key missing from an
+    older record counts as its default). Compared through JSON, as they are stored."""
+    import json
+
+    defaults = json.loads(json.dumps(TrainConfig().to_dict()))
+    new = json.loads(json.dumps(cfg.to_dict()))
+    return [(k, recorded.get(k, defaults.get(k)), v) for k, v in new.items()
+            if k not in RESUMABLE_KEYS and recorded.get(k, defaults.get(k)) != v]
 
 
 def field_names() -> list[str]:
