@@ -18,6 +18,7 @@ from _decoder_refs import (
     build,
     hf_pooled,
     official_tp_texts,
+    padded_batch,
     save_tokenizer,
     torch_token_prepending,
 )
@@ -31,6 +32,7 @@ from jaxembed.models.tokenization import load_tokenizer
 # here (JAXEMBED_TEST_SEED=random JAXEMBED_TEST_REPEAT=20): 2.1e-6
 TOL = 1e-5
 QUERY = "Instruct: find the passage\nQuery:"
+B = 16  # every text of a test in one batch: one shape, one compilation per pooling spec
 
 
 def random_texts(rng, n, *, max_words=8):
@@ -52,7 +54,8 @@ def _write_st_folder(folder, *, pooling_flag: str, normalize: bool, prompts: dic
                      include_prompt: bool = True):
     """The sentence-transformers files of a Qwen3-Embedding-style folder, in the legacy
     ``pooling_mode_*`` spelling its release uses."""
-    modules = [{"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+    modules = [{"idx": 0, "name": "0", "path": "",
+                "type": "sentence_transformers.models.Transformer"},
                {"idx": 1, "name": "1", "path": "1_Pooling",
                 "type": "sentence_transformers.models.Pooling"}]
     if normalize:
@@ -100,20 +103,21 @@ def test_st_folder_last_token_with_query_prompt_and_its_export(qwen_st, tmp_path
     assert enc.prompts == {"query": QUERY, "document": ""} and enc.module.attention == "auto"
     texts = random_texts(rng, 9)
     st = SentenceTransformer(str(qwen_st), device="cpu")
-    np.testing.assert_allclose(enc.encode_query(texts), st.encode_query(texts, batch_size=4),
+    # one batch shape (B = 16) for every encode here: one compilation per spec
+    np.testing.assert_allclose(enc.encode_query(texts, batch_size=B), st.encode_query(texts),
                                atol=TOL, rtol=0)
-    np.testing.assert_allclose(enc.encode_document(texts), st.encode_document(texts),
+    np.testing.assert_allclose(enc.encode_document(texts, batch_size=B), st.encode_document(texts),
                                atol=TOL, rtol=0)
 
     mine = _perturbed(enc, rng)
     out = mine.save_pretrained(tmp_path / "out")
-    ours = mine.encode_query(texts)
+    ours = mine.encode_query(texts, batch_size=B)
     np.testing.assert_allclose(SentenceTransformer(str(out), device="cpu").encode_query(texts),
                                ours, atol=TOL, rtol=0)
     back = Encoder.from_pretrained(out)
     assert (back.pooling, back.normalize, back.padding_side, back.prompts) == (
         "last_token", True, "left", enc.prompts)
-    np.testing.assert_allclose(back.encode_query(texts), ours, atol=1e-6, rtol=0)
+    np.testing.assert_allclose(back.encode_query(texts, batch_size=B), ours, atol=1e-6, rtol=0)
     # transformers: the bare model, each prompted text alone, EOS included by the tokenizer
     hf = transformers.AutoModel.from_pretrained(out).eval()
     tok = transformers.AutoTokenizer.from_pretrained(out)
@@ -131,7 +135,7 @@ def test_gemma3_bidirectional_mean_without_the_prompt_exports(tmp_path, rng):
         tmp_path / "hf", pooling="mean", include_prompt=False, prompts={"query": "query: "},
         max_length=64), rng)
     texts = random_texts(rng, 7)
-    ours = enc.encode_query(texts, batch_size=4)
+    ours = enc.encode_query(texts, batch_size=8)
     out = enc.save_pretrained(tmp_path / "out")
     st = SentenceTransformer(str(out), device="cpu")
     np.testing.assert_allclose(st.encode_query(texts, batch_size=4), ours, atol=TOL, rtol=0)
@@ -143,7 +147,7 @@ def test_gemma3_bidirectional_mean_without_the_prompt_exports(tmp_path, rng):
     want = hf_pooled(hf, tok, ["query: " + t for t in texts], pooling="mean",
                      prompt_tokens=len(prompt_ids))
     assert_close(ours, want, rtol=TOL, what="mean without the prompt")
-    with_prompt = enc.replace(include_prompt=True).encode_query(texts)
+    with_prompt = enc.replace(include_prompt=True).encode_query(texts, batch_size=8)
     assert np.abs(with_prompt - ours).max() > 1e-3  # the exclusion mattered
 
 
@@ -156,7 +160,7 @@ def test_left_and_right_padding_give_the_unpadded_embeddings(qwen_dir, rng, pool
     b_left, b_right = left.tokenize(texts), right.tokenize(texts)
     assert (b_left["attention_mask"][:, -1] == 1).all() and (b_right["attention_mask"][:, 0]
                                                               == 1).all()
-    z_left, z_right = left.encode(texts, batch_size=4), right.encode(texts, batch_size=4)
+    z_left, z_right = left.encode(texts, batch_size=B), right.encode(texts, batch_size=B)
     hf = transformers.AutoModel.from_pretrained(qwen_dir).eval()
     want = hf_pooled(hf, left.tokenizer, texts, pooling=pooling)
     assert_close(z_left, want, rtol=TOL, what="left padding")
@@ -191,16 +195,17 @@ def test_token_prepending_through_encode_matches_the_official_algorithm(tmp_path
     where = (ids == pst).argmax(axis=1)
     want = torch_token_prepending(ref, ids, mask, where, 1, 3)[-2][:, -1]
 
-    assert_close(enc.encode(texts, batch_size=4), want, rtol=TOL, what="left padding")
+    assert_close(enc.encode(texts, batch_size=B), want, rtol=TOL, what="left padding")
     right = enc.replace(padding_side="right")
-    assert_close(right.encode(texts, batch_size=4), want, rtol=TOL, what="right padding")
+    assert_close(right.encode(texts, batch_size=B), want, rtol=TOL, what="right padding")
 
     with pytest.warns(UserWarning, match="token_prepending has no sentence-transformers"):
         out = enc.save_pretrained(tmp_path / "out")
     assert not (out / "modules.json").exists()
     again = Encoder.from_pretrained(out, token_prepending=settings)  # <PST> present: kept as is
     assert again.placeholder_id == pst and again.config.vocab_size == 321
-    np.testing.assert_allclose(again.encode(texts), enc.encode(texts), atol=1e-6, rtol=0)
+    np.testing.assert_allclose(again.encode(texts, batch_size=B), enc.encode(texts, batch_size=B),
+                               atol=1e-6, rtol=0)
     with pytest.raises(ValueError, match="needs its placeholder '<PST>' in the prompt"):
         enc.encode(texts, prompt="no placeholder: ")
 
@@ -224,7 +229,8 @@ def test_encoder_prompts_follow_sentence_transformers(tiny_bert_dir, tmp_path, r
     assert (b["prompt_length"] == len(enc.tokenizer("red ")["input_ids"]) - 1).all()  # [CLS] red
     with pytest.raises(ValueError, match="not both"):
         enc.encode(texts, prompt="a", prompt_name="query")
-    with pytest.raises(ValueError, match=r"prompt_name 'x' is not one of .*\['document', 'query'\]"):
+    with pytest.raises(ValueError,
+                       match=r"prompt_name 'x' is not one of .*\['document', 'query'\]"):
         enc.encode(texts, prompt_name="x")
     with pytest.raises(ValueError, match="default_prompt_name 'x' is not one of"):
         enc.replace(default_prompt_name="x")
@@ -271,7 +277,8 @@ def test_decoder_options_and_presets_are_checked(qwen_dir, tiny_bert_dir):
         Encoder.from_pretrained(tiny_bert_dir, output_layer=1)
     with pytest.raises(ValueError, match="token_prepending needs a decoder"):
         Encoder.from_pretrained(tiny_bert_dir, token_prepending="llama2-7b")
-    with pytest.raises(ValueError, match=r"unknown token_prepending preset 'x'; presets: \('llama2"):
+    with pytest.raises(ValueError,
+                       match=r"unknown token_prepending preset 'x'; presets: \('llama2"):
         Encoder.from_pretrained(qwen_dir, token_prepending="x")
     with pytest.raises(ValueError, match=r"unknown token_prepending fields \['layers'\]"):
         Encoder.from_pretrained(qwen_dir, token_prepending={"layers": 3})
@@ -317,3 +324,42 @@ def test_auto_attention_picks_cudnn_on_gpu_for_half_precision(monkeypatch):
     assert choose_implementation("auto", jnp.float16, softcap=30.0) == "xla"
     with pytest.raises(ValueError, match="unknown attention implementation 'flash'"):
         choose_implementation("flash", jnp.float32, softcap=None)
+
+
+# one variant per model_type, each with its own traps (untied/tied, biases, windows, caps)
+FAMILY_VARIANTS = ("qwen3_window_bias_tied", "qwen2_tied", "llama_linear_bias", "mistral_window",
+                   "gemma2", "gemma3")
+
+
+@pytest.mark.parametrize("name", FAMILY_VARIANTS)
+def test_every_family_loads_from_sharded_bf16_and_exports_for_transformers(name, tmp_path, rng):
+    """``Encoder.from_pretrained`` on a sharded bfloat16 checkpoint (torch blocked), then
+    ``save_pretrained``: ``transformers.AutoModel`` reads the export as the bare model with the
+    same weights, so its hidden states equal the bf16 source's. Torch forwards only: the Flax
+    forward's parity is ``test_decoder_parity``'s."""
+    import sys
+
+    import torch
+
+    ref = build(name, tmp_path / "hf", int(rng.integers(2**31)))
+    ref.to(torch.bfloat16).save_pretrained(tmp_path / "bf16", max_shard_size="20KB")
+    assert (tmp_path / "bf16" / "model.safetensors.index.json").is_file()
+    with pytest.MonkeyPatch.context() as m:
+        m.setitem(sys.modules, "torch", None)  # the load must not need torch
+        enc = Encoder.from_pretrained(tmp_path / "bf16")
+    assert enc.pooling == "last_token" and enc.config.model_type == ref.config.model_type
+    out = enc.save_pretrained(tmp_path / "out")
+    assert json.loads((out / "config.json").read_text())["architectures"][0].endswith("Model")
+    source, again = (transformers.AutoModel.from_pretrained(
+        f, dtype="float32", attn_implementation="eager").eval() for f in (tmp_path / "bf16", out))
+    for (k, want), (k2, got) in zip(sorted(source.state_dict().items()),
+                                    sorted(again.state_dict().items())):
+        assert k == k2
+        np.testing.assert_array_equal(got.numpy(), want.numpy(), err_msg=k)
+    ids, mask = padded_batch(rng, enc.config.vocab_size)
+    with torch.no_grad():
+        got, want = (m(input_ids=torch.tensor(ids).long(), attention_mask=torch.tensor(mask).long(),
+                       output_hidden_states=True).hidden_states for m in (again, source))
+    assert len(got) == len(want) == enc.config.num_hidden_layers + 1
+    for g, w in zip(got, want):
+        np.testing.assert_array_equal(g.numpy(), w.numpy())
