@@ -28,7 +28,7 @@ import statistics
 import tempfile
 import time
 
-from benchmarks.harness import emit, machine
+from benchmarks.harness import ab_rounds, emit, machine
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -149,17 +149,12 @@ def main(argv=None) -> int:
         max_diff = float(np.abs(a - b).max())
 
         jax_rates, torch_rates, ratios, cpu_ratios = [], [], [], []
-        for r in range(1, args.rounds + 1):
-            order = (run_jax, run_torch) if r % 2 else (run_torch, run_jax)
-            wall, cpu = {}, {}
-            for fn in order:
-                t, c = time.perf_counter(), time.process_time()
-                fn(slices[r])
-                wall[fn], cpu[fn] = time.perf_counter() - t, time.process_time() - c
-            jax_rates.append(args.n / wall[run_jax])
-            torch_rates.append(args.n / wall[run_torch])
-            ratios.append(wall[run_torch] / wall[run_jax])
-            cpu_ratios.append(cpu[run_torch] / cpu[run_jax])
+        for r, (wall_jax, wall_torch, cpu_jax, cpu_torch) in enumerate(
+                ab_rounds(run_jax, run_torch, slices[1:]), start=1):
+            jax_rates.append(args.n / wall_jax)
+            torch_rates.append(args.n / wall_torch)
+            ratios.append(wall_torch / wall_jax)
+            cpu_ratios.append(cpu_torch / cpu_jax)
             emit({"round": r, "jaxembed_sent_per_s": round(jax_rates[-1], 1),
                   "transformers_sent_per_s": round(torch_rates[-1], 1),
                   "speedup": round(ratios[-1], 3), "cpu_time_speedup": round(cpu_ratios[-1], 3)},
