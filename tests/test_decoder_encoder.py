@@ -272,7 +272,12 @@ def test_st6_pooling_mode_spelling_and_bad_pooling(qwen_st, tmp_path):
         Encoder.from_pretrained(folder)
 
 
-def test_decoder_options_and_presets_are_checked(qwen_dir, tiny_bert_dir):
+def test_decoder_options_and_presets_are_checked(qwen_dir, tiny_bert_dir, tmp_path):
+    (tmp_path / "gpt2").mkdir()
+    (tmp_path / "gpt2" / "config.json").write_text(json.dumps({"model_type": "gpt2"}))
+    with pytest.raises(ValueError, match=r"unsupported model_type 'gpt2'.*'qwen3', 'qwen2', "
+                                         r"'llama', 'mistral', 'gemma2', 'gemma3_text'"):
+        Encoder.from_pretrained(tmp_path / "gpt2")
     with pytest.raises(ValueError, match="decoder options; bert is an encoder"):
         Encoder.from_pretrained(tiny_bert_dir, output_layer=1)
     with pytest.raises(ValueError, match="token_prepending needs a decoder"):
