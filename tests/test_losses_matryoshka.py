@@ -127,6 +127,44 @@ def test_matryoshka_2d_gradient_matches_torch(rng):
         assert rel_err(g, w) <= 1e-5
 
 
+def test_matryoshka_2d_equals_n_dims_contrastive_plus_layers_kl_of_the_sampled_loss(rng):
+    """The docstring's identity: all-layers, all-dims 2DMSE = n_dims x E[contrastive part]
+    + (L - 1) x E[KL part] of sentence-transformers' one-layer, one-dim sampled loss, the
+    expectation taken by enumerating every draw (d for the last layer, layer l, d for l)."""
+    num_layers, dims, dim_w = 3, (16, 8, 4), (1.0, 0.5, 2.0)  # n_dims != L - 1
+    stack_a = rng.standard_normal((num_layers, 8, 16)).astype(np.float32)
+    stack_p = (stack_a + rng.standard_normal((num_layers, 8, 16))).astype(np.float32)
+    last_w, prior_w, kl_w, temp = 0.7, 1.3, 0.8, 0.3
+    layer_w = [1.0 / (1 + i) for i in range(num_layers - 1)]  # "linear"
+    c = {(l, d): np_info_nce(stack_a[l, :, :d], stack_p[l, :, :d])
+         for l in range(num_layers) for d in dims}
+    rows = np.concatenate([stack_a, stack_p], axis=1).astype(np.float64)
+    log_t = np_log_softmax(rows[-1] / temp)
+    kl = [np.sum(np.exp(log_t) * (log_t - np_log_softmax(rows[l] / temp)), -1).mean()
+          for l in range(num_layers - 1)]
+    draws_c, draws_k = [], []
+    for d_last, w_last in zip(dims, dim_w):
+        for l in range(num_layers - 1):
+            for d, w in zip(dims, dim_w):
+                draws_c.append(last_w * w_last * c[num_layers - 1, d_last]
+                               + prior_w * layer_w[l] * w * c[l, d])
+                draws_k.append(kl_w * temp * kl[l])
+    expected_c, expected_k = np.mean(draws_c), np.mean(draws_k)
+
+    def ours(kl_weight):
+        return matryoshka_2d(
+            info_nce, dims, dim_weights=dim_w, layer_weights="linear",
+            last_layer_weight=last_w, prior_layers_weight=prior_w,
+            kl_weight=kl_weight, kl_temperature=temp)
+
+    full, rescaled = jax.jit(lambda a, p: (
+        ours(kl_w)(a, p), ours(kl_w * len(dims) / (num_layers - 1))(a, p)))(stack_a, stack_p)
+    assert rel_err(full, len(dims) * expected_c + (num_layers - 1) * expected_k) <= 1e-5
+    assert rel_err(rescaled / len(dims), expected_c + expected_k) <= 1e-5
+    # ... and not a constant multiple of the expectation (the statement it replaces).
+    assert abs(float(full) / (expected_c + expected_k) - len(dims)) > 0.05
+
+
 @pytest.mark.parametrize(
     "call, match",
     [

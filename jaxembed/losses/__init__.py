@@ -14,7 +14,22 @@ Which loss when
   :func:`grad_cache` when the batch does not fit and ``chunk_size=`` when the
   ``B × B`` logits do not.
 * Triplets (anchor, positive, hard negative), e.g. NLI entailment /
-  contradiction: :func:`info_nce` with ``negatives=`` (SimCSE supervised).
+  contradiction: :func:`info_nce` with ``negatives=`` [B, D] (SimCSE
+  supervised); ``hard_negative_weight=`` is SimCSE's ``log alpha`` on each
+  row's own hard negative (0 in the paper's best setting).
+* Retrieval pairs with mined hard negatives, LLM embedders (e5-mistral,
+  NV-Embed, GTE, Qwen3-Embedding): :func:`info_nce` with ``negatives=``
+  [B, K, D], K per query. Mined negatives and large batches bring false
+  negatives (a relevant passage labelled negative, the same passage paired
+  with two queries): ``false_negative_margin=0.1`` drops any negative scoring
+  more than 0.1 (cosine) above the positive (Qwen3-Embedding; it filters at
+  every step what positive-aware mining such as NV-Embed's filters once,
+  offline), and ``document_ids=`` drops exact duplicates of the positive,
+  which no margin ``>= 0`` catches. ``query_query_negatives=`` and
+  ``document_document_negatives=`` (GTE's "improved contrastive loss",
+  Qwen3-Embedding) add same-tower similarities to the partition function:
+  more negatives from the same batch, for one more ``B × B`` and
+  ``B × B(1+K)`` block of scores.
 * Unsupervised training where embeddings collapse into a narrow cone:
   :func:`whitened_cse` (shuffled group whitening + InfoNCE over 3 views);
   the whitening itself is :func:`group_whitening` /

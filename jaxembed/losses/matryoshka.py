@@ -1,8 +1,10 @@
 """Matryoshka (nested-dimension) and 2D Matryoshka (layer × dimension) loss wrappers.
 
 Both are deterministic and stateless: they evaluate *every* dimension (and
-every layer) instead of sampling some per step, so no key is needed and the
-gradient is the expectation of the sampled variants' (up to a constant).
+every layer) instead of sampling some per step, so no key is needed. They are
+not a rescaled expectation of the sampled variants: :func:`matryoshka_2d`
+states how its value relates to sentence-transformers' one-layer, one-dim
+sampling (the two parts scale differently).
 """
 
 from __future__ import annotations
@@ -170,6 +172,23 @@ def matryoshka_2d(
       concatenated (full dimension), softmax over channels, KL summed over
       channels and averaged over rows ("batchmean"), the last layer a
       stop-gradient teacher.
+
+      Relation to the sampled variant: sentence-transformers' default
+      ``Matryoshka2dLoss`` (``n_layers_per_step = n_dims_per_step = 1``) draws,
+      per step, one prior layer ``l`` uniformly from the ``L - 1`` and, for each
+      of its two Matryoshka calls (last layer, layer ``l``), one dim ``d``
+      uniformly from the ``n_dims``; its loss is ``C + K`` with ``C`` the
+      weighted contrastive terms and ``K = κ T KL_l``. Over those draws,
+      exactly (the same weights, all ``L > 1``),
+
+      .. math::
+         \mathcal{L} = n_{dims} \, \mathbb{E}[C] + (L - 1) \, \mathbb{E}[K],
+
+      so this loss is *not* a constant multiple of the sampled one, value or
+      gradient: the contrastive part is ``n_dims`` times its expectation, the KL
+      part ``L - 1`` times. ``matryoshka_2d(..., kl_weight=κ·n_dims/(L-1))`` divided
+      by ``n_dims`` is the sampled loss's expectation. With ``L = 1`` it is
+      ``n_dims · E[C]`` (no prior layer, no KL).
 
     Example:
       >>> from jaxembed.losses import info_nce
