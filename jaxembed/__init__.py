@@ -1,9 +1,9 @@
 """jaxembed: train, distil and align text-embedding models in JAX/Flax.
 
 Folders name what they hold: ``losses`` (pure loss functions, jax only),
-``models`` (Flax encoders and Hugging Face weight I/O), ``train`` (sharded
-trainer), ``data`` (input pipelines), ``eval`` (STS protocol) and ``align``
-(Procrustes, CSLS, BLI).
+``models`` (Flax encoders and Hugging Face weight I/O), ``lora`` (LoRA as a
+parameter transform), ``train`` (sharded trainer), ``data`` (input pipelines),
+``eval`` (STS protocol) and ``align`` (Procrustes, CSLS, BLI).
 """
 
 __version__ = "0.1.0"

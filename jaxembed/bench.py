@@ -14,7 +14,8 @@ import pathlib
 import subprocess
 import sys
 
-NAMES = ("losses", "encode", "train_step", "align", "scaling", "grad_cache", "gemm")
+NAMES = ("losses", "encode", "train_step", "align", "scaling", "grad_cache", "gemm",
+         "dispatch_gap", "lora_memory", "decoder_encode")
 
 
 def _checkout() -> pathlib.Path:

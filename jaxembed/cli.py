@@ -5,7 +5,10 @@ Subcommands live next to what they run; each module exposes
 (jax, transformers) inside ``run`` so that ``jaxembed --help`` stays fast.
 
     jaxembed train CONFIG --workdir DIR [--set key=value ...]
+    jaxembed plan CONFIG --topology v5p:2x2x2 [--set key=value ...] [--json]
     jaxembed eval-sts --model PATH_OR_ID --data-dir DIR [--json]
+    jaxembed encode --model PATH_OR_ID --input FILE --output DIR [--field NAME] [--prompt TEXT]
+    jaxembed eval-mteb --model PATH_OR_ID --tasks STSBenchmark,... [--output-dir DIR]
     jaxembed align --src-emb A.vec --tgt-emb B.vec --train-dict D1 --test-dict D2
     jaxembed merge --method METHOD --base DIR --models DIR... --out DIR [--weights W...]
     jaxembed bench {losses,encode,train_step,align} [args passed to the script]
@@ -20,7 +23,10 @@ import sys
 # subcommand -> (module, one-line help)
 _COMMANDS = {
     "train": ("jaxembed.train.cli", "train an embedding model from a config file"),
+    "plan": ("jaxembed.train.plan_cli", "compile a step for a TPU topology: memory, FLOPs, MFU"),
     "eval-sts": ("jaxembed.eval.cli", "STS12-16, STS-B, SICK-R (Spearman x 100)"),
+    "encode": ("jaxembed.bulk.cli", "embed a text/JSONL file into .npy shards, resumably"),
+    "eval-mteb": ("jaxembed.integrations.mteb_cli", "MTEB tasks scored by the mteb package"),
     "align": ("jaxembed.align.cli", "Procrustes/CSLS alignment and BLI evaluation"),
     "merge": ("jaxembed.merge.cli", "merge model folders: task arithmetic, slerp, TIES, DARE, ..."),
     "bench": ("jaxembed.bench", "run a throughput benchmark from benchmarks/"),

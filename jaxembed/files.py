@@ -86,6 +86,12 @@ def _remove_leftovers(path: pathlib.Path) -> None:
                 stale.unlink(missing_ok=True)
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write_bytes(path, data: bytes) -> None:
     """Replace the file ``path`` by ``data``: old or new content, never a prefix."""
     path = pathlib.Path(path)
@@ -93,6 +99,7 @@ def atomic_write_bytes(path, data: bytes) -> None:
     _remove_leftovers(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}{_TMP}", dir=path.parent)
     try:
+        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp's 0600 would make shared outputs private
         with naming(path), os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()

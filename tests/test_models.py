@@ -313,22 +313,15 @@ def test_logical_axes_on_every_param(tmp_path, rng):
     allowed = {"batch", "seq", "embed", "heads", "kv", "mlp", "vocab", None}
     for spec, leaf in zip(specs, jax.tree.leaves(enc.params)):
         assert len(spec) == leaf.ndim and set(spec) <= allowed and set(spec) != {None}
-    # the rules table maps them onto a mesh, and sharded compute equals unsharded
-    mesh = jax.make_mesh((2, 4), ("data", "fsdp"), axis_types=(jax.sharding.AxisType.Auto,) * 2)
-    rules = (
-        ("batch", "data"),
-        ("embed", "fsdp"),
-        ("vocab", None),
-        ("mlp", None),
-        ("heads", None),
-        ("kv", None),
-        ("seq", None),
-    )
-    shardings = nn.logical_to_mesh_sharding(axes, mesh, rules)
+    # the trainer's rules table maps them onto a mesh, and sharded compute equals unsharded
+    from jaxembed.train import sharding as shd
+
+    mesh = shd.make_mesh(data=2, fsdp=4)
+    shardings = nn.logical_to_mesh_sharding(axes, mesh, shd.LOGICAL_RULES)
     params = jax.device_put(enc.params, shardings)
     ids, mask, _ = padded_batch(rng, pad=0)
     batch = {"input_ids": ids, "attention_mask": mask}
-    with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+    with jax.set_mesh(mesh), nn.logical_axis_rules(shd.LOGICAL_RULES):
         sharded = jax.jit(enc.embed)(params, batch)
     np.testing.assert_allclose(sharded, enc.embed(enc.params, batch), atol=1e-5, rtol=0)
 

@@ -237,6 +237,22 @@ def test_train_step_benchmark_runs_on_cpu(tmp_path, capsys):
         train_step.main(["--model", "tiny", "--num-groups", "7"])
 
 
+def test_dispatch_gap_benchmark_runs_the_real_trainer(tmp_path, capsys):
+    """``benchmarks/dispatch_gap.py`` trains the tiny quick-start config and reports the loop's
+    step interval and how often the device had run dry; the trainer's own step is restored."""
+    from benchmarks import dispatch_gap
+    from jaxembed.train import trainer
+
+    original = trainer.make_train_step
+    out = tmp_path / "gap.jsonl"
+    assert dispatch_gap.main(["--steps", "10", "--skip", "2", "--label", "t", "--out",
+                              str(out)]) == 0
+    (row,) = [r for r in json_lines(capsys.readouterr().out) if r.get("bench") == "dispatch_gap"]
+    assert row["label"] == "t" and row["measured_steps"] == 6 and row["step_interval_ms"] > 0
+    assert 0 <= row["idle_at_dispatch"] <= 1 and json_lines(out.read_text()) == [row]
+    assert trainer.make_train_step is original
+
+
 def test_bench_command_runs_a_benchmark_module_from_anywhere(tmp_path):
     """``jaxembed bench NAME`` runs ``python -m benchmarks.NAME`` with the checkout
     importable, whatever the working directory (no ``sys.path`` edits in scripts)."""
@@ -280,3 +296,21 @@ def test_decoder_encode_benchmark_runs_at_tiny_size(tmp_path, capsys):
     assert result["traces_after_precompile"] == 0
     assert result["max_abs_diff"] < 1e-5  # same model, same pooling: float32 agreement
     assert json_lines(out.read_text()) == rows
+
+
+def test_lora_memory_benchmark_counts_adapter_state_only(capsys):
+    """``benchmarks/lora_memory.py`` on the tiny Qwen3: AdamW's state is two moments of
+    what is trained (+ two int32 step counts), so LoRA's is two adapter copies; the LoRA
+    step takes the frozen base as an argument and donates only adapters and state."""
+    from benchmarks import lora_memory
+
+    lora_memory.main(["--models", "qwen3-tiny", "--batch", "2", "--seq", "8"])
+    full, low = [r for r in json_lines(capsys.readouterr().out) if r["bench"] == "lora_memory"]
+    for r in (full, low):
+        assert r["materialised"] and r["opt_state_bytes"] == 2 * r["trained_bytes"] + 8
+    assert full["trained_params"] == full["base_params"] == low["base_params"]
+    # rank 8 on 2 layers x 7 projections: A [in, 8] + B [8, out] each
+    h, q, kv, m = 64, 4 * 16, 2 * 16, 128
+    assert low["trained_params"] == 2 * 8 * ((h + q) * 2 + (h + kv) * 2 + (h + m) * 3)
+    assert low["step_argument_bytes"] >= 4 * low["base_params"] + low["opt_state_bytes"]
+    assert low["step_alias_bytes"] < full["step_alias_bytes"]

@@ -7,8 +7,8 @@ import pathlib
 import pytest
 
 from jaxembed.train import cli as train_cli
-from jaxembed.train.config import (POOLINGS, WHITENING_METHODS, TrainConfig, apply_overrides,
-                                   check_devices, field_names, load_config)
+from jaxembed.train.config import (DROPOUT_RNGS, POOLINGS, WHITENING_METHODS, TrainConfig,
+                                   apply_overrides, check_devices, field_names, load_config)
 from jaxembed.train.errors import ConfigError
 
 CONFIGS = pathlib.Path(__file__).resolve().parent.parent / "configs"
@@ -54,6 +54,40 @@ def test_invalid_values_rejected():
         TrainConfig(objective="whitenedcse", num_views=1)
 
 
+@pytest.mark.parametrize("field,value,objective", [
+    ("num_views", 3, "simcse_unsup"), ("num_views", 4, "simcse_sup"), ("num_views", 3, "dse"),
+    ("dse_dropout", 0.0, "whitenedcse"), ("whitening_stop_gradient", False, "simcse_unsup"),
+    ("whitening_iterations", 7, "whitenedcse"), ("info_nce_chunk", 16, "dse"),
+])
+def test_a_setting_the_objective_ignores_is_an_error(field, value, objective):
+    """Set away from its default where the objective never reads it, a field is refused
+    (naming it, its value and why) instead of silently doing nothing."""
+    with pytest.raises(ConfigError) as info:
+        TrainConfig(objective=objective, **{field: value})
+    msg = str(info.value)
+    assert f"{field} must be" in msg and repr(value) in msg and repr(objective) in msg
+    # where the objective uses it, the same value is accepted
+    users = {"num_views": dict(objective="whitenedcse", num_views=3),
+             "dse_dropout": dict(objective="dse"), "whitening_stop_gradient":
+             dict(objective="whitenedcse", num_views=3),
+             "whitening_iterations": dict(objective="whitenedcse", num_views=3,
+                                          whitening_method="newton_schulz"),
+             "info_nce_chunk": dict(objective="simcse_sup")}
+    assert getattr(TrainConfig(**{**users[field], field: value}), field) == value
+
+
+def test_combinations_that_cannot_work_are_refused_in_the_config():
+    for bad, field in [(dict(objective="dse", matryoshka_2d=True, mlp=False), "objective"),
+                       (dict(matryoshka_2d=True), "mlp"),
+                       (dict(matryoshka_2d=True, mlp=False, train_pooling="last4_mean"),
+                        "train_pooling"),
+                       (dict(matryoshka_2d=True, mlp=False, grad_cache_chunk=8),
+                        "grad_cache_chunk"),
+                       (dict(batch_size=64, grad_cache_chunk=24), "grad_cache_chunk")]:
+        with pytest.raises(ConfigError, match=f"{field} must be"):
+            TrainConfig(**bad)
+
+
 NAN, INF = float("nan"), float("inf")
 
 
@@ -66,6 +100,7 @@ NAN, INF = float("nan"), float("inf")
     ("dse_task_loss", "hinge"), ("adam_b2", 1.0), ("weight_decay", NAN), ("prefetch", -1),
     ("grad_cache_chunk", -2), ("mesh_fsdp", 0), ("seed", -1), ("seed", 2**32), ("resume", "yes"),
     ("collapse_steps", -1), ("m2d_dims", (8, 0)), ("batch_size", "8"), ("mlp", "no"),
+    ("info_nce_chunk", -1), ("whitening_stop_gradient", "yes"), ("dse_dropout", 1.0),
 ])
 def test_every_bad_value_is_named(field, value):
     """One place (``__post_init__``) rejects every bad field, naming the field and the value."""
@@ -114,9 +149,11 @@ def test_indivisible_batch_is_refused_before_loading_anything(tmp_path, capsys):
 
 def test_choice_lists_match_the_implementations():
     from jaxembed.losses.whitening_matrices import METHODS
+    from jaxembed.models import dropout_rng
     from jaxembed.models.pooling import POOLING_METHODS
 
     assert WHITENING_METHODS == tuple(METHODS) and POOLINGS == tuple(POOLING_METHODS)
+    assert DROPOUT_RNGS == dropout_rng.DROPOUT_RNGS
 
 
 @pytest.mark.parametrize("name", ["quickstart", "simcse_unsup_bert_base", "simcse_sup_bert_base",

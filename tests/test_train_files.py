@@ -34,6 +34,15 @@ def test_atomic_write_replaces_and_leaves_nothing_behind(tmp_path, rng):
     assert _siblings(target) == []
 
 
+def test_atomic_write_honours_the_umask(tmp_path):
+    old = os.umask(0o027)
+    try:
+        atomic_write_text(tmp_path / "m.json", "{}")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "m.json").stat().st_mode & 0o777 == 0o640  # not mkstemp's 0600
+
+
 def test_failed_write_keeps_old_content(tmp_path, monkeypatch):
     """A write that fails half-way (here: ENOSPC at fsync) leaves the old file and no temp."""
     target = tmp_path / "f.txt"
@@ -168,3 +177,13 @@ def test_metrics_truncate_keeps_rows_up_to_step(tmp_path):
         w.write({"step": 4, "loss": 40.0})
     assert [(r["step"], r["loss"]) for r in read_metrics(tmp_path)] == [
         (0, 0.0), (1, 1.0), (2, 2.0), (3, 3.0), (4, 40.0)]
+
+
+def test_loss_is_printed_with_four_significant_digits():
+    """The progress bar and the CLI's last line show a small loss moving (``.4f`` printed
+    ``0.0000`` for most quick-start steps)."""
+    from jaxembed.train.metrics import format_loss
+
+    assert format_loss(0.69314718) == "0.6931" and format_loss(12.3456) == "12.35"
+    assert format_loss(3.2107e-05) == "3.211e-05" != format_loss(2.9e-05) == "2.9e-05"
+    assert format_loss(float("nan")) == "nan"

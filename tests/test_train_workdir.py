@@ -83,7 +83,8 @@ def test_config_changes_ignore_only_resumable_keys(rng):
     assert config_changes(rec, cfg) == []
     harmless = cfg.replace(progress=True, log_every=7, eval_every=5, eval_before=False, keep=9,
                            save_every=3, prefetch=1, peak_flops_per_device=1e12, collapse_steps=0,
-                           resume="force", mesh_data=4, mesh_fsdp=2, tfds_data_dir="/x")
+                           resume="force", mesh_data=4, mesh_fsdp=2, tfds_data_dir="/x",
+                           info_nce_chunk=4)
     assert config_changes(rec, harmless) == []
     lr = float(rng.uniform(1e-6, 1e-4))
     changed = cfg.replace(batch_size=16, learning_rate=lr, steps=9, seed=7, mlp=False,
@@ -96,6 +97,15 @@ def test_config_changes_ignore_only_resumable_keys(rng):
     older = {k: v for k, v in rec.items() if k != "grad_cache_chunk"}
     assert config_changes(older, cfg) == []
     assert config_changes(older, cfg.replace(grad_cache_chunk=4)) == [("grad_cache_chunk", 0, 4)]
+    # ... except where runs behaved otherwise before it: DSE had no pooled-vector dropout
+    dse = TrainConfig(objective="dse", model="m", data="d")
+    before_dropout = {k: v for k, v in json.loads(json.dumps(dse.to_dict())).items()
+                      if k != "dse_dropout"}
+    assert config_changes(before_dropout, dse) == [("dse_dropout", 0.0, 0.1)]
+    assert config_changes(before_dropout, dse.replace(dse_dropout=0.0)) == []
+    # the loss settings that change what is computed are not resumable
+    assert {"whitening_stop_gradient", "whitening_iterations", "dse_dropout"}.isdisjoint(
+        RESUMABLE_KEYS)
     assert RESUMABLE_KEYS < set(cfg.to_dict())
 
 

@@ -28,7 +28,10 @@ from __future__ import annotations
 import pathlib
 from typing import Iterator
 
-__all__ = ["NotUtf8Error", "not_utf8_error", "utf8_lines", "strict_utf8_lines", "read_utf8"]
+__all__ = [
+    "NotUtf8Error", "not_utf8_error", "utf8_lines", "utf8_lines_at", "strict_utf8_lines",
+    "read_utf8",
+]
 
 SNIFF_BYTES = 1 << 16
 _BOMS = (  # UTF-32 first: its little-endian BOM starts with UTF-16's
@@ -72,21 +75,36 @@ def utf8_lines(path) -> Iterator[tuple[int, str | None]]:
     Raises :class:`NotUtf8Error` before the first line when the file starts
     with a UTF-16/32 byte-order mark or has a NUL byte in its first 64 KiB.
     """
+    for lineno, text, _end in utf8_lines_at(path):
+        yield lineno, text
+
+
+def utf8_lines_at(
+    path, *, offset: int = 0, first_line: int = 1
+) -> Iterator[tuple[int, str | None, int]]:
+    """:func:`utf8_lines` from byte ``offset`` (a line start, numbered ``first_line``),
+    yielding ``(line number, text or None, byte offset just past the line)``, so a
+    reader can stop after any line and later continue exactly there.
+
+    The head of the file is checked (BOM, NUL bytes) whatever the offset.
+    """
     path = pathlib.Path(path)
     with open(path, "rb") as f:
         _check_head(path, f.read(SNIFF_BYTES))
-        f.seek(0)
-        for lineno, raw in enumerate(f, start=1):
-            if lineno == 1 and raw.startswith(_UTF8_BOM):
+        f.seek(offset)
+        end = offset
+        for lineno, raw in enumerate(f, start=first_line):
+            end += len(raw)
+            if end == len(raw) and raw.startswith(_UTF8_BOM):  # the file's first line
                 raw = raw[len(_UTF8_BOM):]
             raw = raw.rstrip(b"\n").rstrip(b"\r")
             if b"\x00" in raw:
-                yield lineno, None
+                yield lineno, None, end
                 continue
             try:
-                yield lineno, raw.decode("utf-8")
+                yield lineno, raw.decode("utf-8"), end
             except UnicodeDecodeError:
-                yield lineno, None
+                yield lineno, None, end
 
 
 def strict_utf8_lines(path) -> Iterator[tuple[int, str]]:

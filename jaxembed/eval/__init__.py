@@ -2,7 +2,8 @@
 
 ``evaluate_sts(encode_fn, data_dir, *, tasks=None, aggregation="all")`` scores
 STS12-16, STS-B and SICK-R as Spearman x 100 of cosine similarity;
-``read_stsb`` and ``cosine_spearman`` serve dev-set evaluation during training.
+``make_stsb_evaluator`` (STS-B dev Spearman of any ``encode_fn``) serves
+evaluation during training.
 """
 
 from jaxembed.eval.datasets import (
@@ -13,6 +14,7 @@ from jaxembed.eval.datasets import (
     read_sick,
     read_stsb,
 )
+from jaxembed.eval.dev import make_stsb_evaluator
 from jaxembed.eval.stats import average_ranks, cosine_spearman, rowwise_cosine, spearman
 from jaxembed.eval.sts import (
     evaluate_sts,
@@ -31,6 +33,7 @@ __all__ = [
     "evaluate_sts",
     "format_table",
     "load_sts_task",
+    "make_stsb_evaluator",
     "read_sick",
     "read_stsb",
     "rowwise_cosine",

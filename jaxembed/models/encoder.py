@@ -294,8 +294,9 @@ class Encoder:
         return inference.encode_step(self).traces
 
     # ``encode(texts, *, prompt, prompt_name, batch_size, max_length, progress,
-    # chunk_batches, micro_batch_tokens)``, ``encode_query`` / ``encode_document`` and
-    # ``precompile(texts=None, ...)``: inference.py's pipeline.
+    # chunk_batches, micro_batch_tokens, devices)``, ``encode_query`` / ``encode_document``
+    # and ``precompile(texts=None, ...)``: inference.py's pipeline
+    # (``devices=jax.local_devices()``: data-parallel).
     encode = inference.encode
     encode_query = inference.encode_query
     encode_document = inference.encode_document

@@ -18,9 +18,15 @@ Rows are independent, so the results do not depend on it.
 Prompts are applied before tokenisation (``prompted``); decoders' Token Prepending needs
 its placeholder in every row, which is checked on the host.
 
+``devices=`` (e.g. ``jax.local_devices()``) runs data-parallel: params are
+replicated over a one-axis mesh of those devices, every batch's rows are padded
+to a multiple of their number and split over them, and each device runs the
+same step (micro-batching included) on its rows under ``shard_map``.
+
 Example::
 
     out = encode(enc, texts, batch_size=64)    # = enc.encode(texts, ...), np.float32 [N, dim]
+    out = encode(enc, texts, devices=jax.local_devices())   # same rows, data-parallel
     precompile(enc, texts, batch_size=64)      # later encode(...) compiles nothing
 """
 
@@ -58,13 +64,22 @@ def micro_rows(rows: int, length: int, micro_batch_tokens: int) -> int:
 
 
 class EncodeStep:
-    """``jit``-ed inference step for one (module, :class:`EmbedSpec`, micro-batch size),
-    with a trace counter ``traces`` (how many shapes it compiled). Called as
-    ``step(params, batch)`` with ``batch`` as :func:`tokenization.pad` builds it."""
+    """``jit``-ed inference step for one (module, :class:`EmbedSpec`, micro-batch size,
+    devices), with a trace counter ``traces`` (how many shapes it compiled). Called as
+    ``step(params, batch)`` with ``batch`` as :func:`tokenization.pad` builds it.
 
-    def __init__(self, module, spec: EmbedSpec, micro_batch_tokens: int):
+    With more than one device the step is ``shard_map``-ped over a mesh of them:
+    ``params`` replicated, the row (leading) axis of every ``batch`` entry and of the
+    output split (``place_params`` / ``place_rows`` put arrays there; ``row_multiple``,
+    the number of devices, must divide the rows)."""
+
+    def __init__(
+        self, module, spec: EmbedSpec, micro_batch_tokens: int, devices: Optional[tuple] = None
+    ):
         self.traces = 0
         self.micro_batch_tokens = micro_batch_tokens
+        self.mesh = None
+        self.row_multiple = 1
 
         def step(params, batch):
             self.traces += 1
@@ -77,24 +92,54 @@ class EncodeStep:
                               jax.tree.map(split, batch))
             return out.reshape(rows, out.shape[-1])
 
+        if devices is not None and len(devices) > 1:
+            from jaxembed.train.sharding import batch_sharding, make_mesh, replicated
+
+            self.mesh = make_mesh(data=len(devices), fsdp=1, devices=devices)
+            self.row_multiple = len(devices)
+            self._params, self._rows = replicated(self.mesh), batch_sharding(self.mesh)
+            rows = self._rows.spec  # a prefix of the batch dict: every entry split by rows
+            step = jax.shard_map(
+                step, mesh=self.mesh, in_specs=(self._params.spec, rows), out_specs=rows
+            )
         self.fn = jax.jit(step)
+
+    def place_params(self, params):
+        """``params`` replicated over the devices (as they are for one device)."""
+        return params if self.mesh is None else jax.device_put(params, self._params)
+
+    def place_rows(self, batch: dict) -> dict:
+        """Host ``batch`` (every entry ``[rows, ...]``) split by rows over the devices (as it
+        is for one)."""
+        return batch if self.mesh is None else jax.device_put(batch, self._rows)
 
     def __call__(self, params, batch):
         return self.fn(params, batch)
 
 
 @functools.lru_cache(maxsize=64)
-def _cached_step(module, spec: EmbedSpec, micro_batch_tokens: int) -> EncodeStep:
-    return EncodeStep(module, spec, micro_batch_tokens)
+def _cached_step(
+    module, spec: EmbedSpec, micro_batch_tokens: int, devices: Optional[tuple]
+) -> EncodeStep:
+    return EncodeStep(module, spec, micro_batch_tokens, devices)
 
 
-def encode_step(enc, micro_batch_tokens: Optional[int] = None) -> EncodeStep:
-    """The step for ``enc``'s (module, spec), shared across encoders (modules compare by
-    config), so ``replace(params=...)`` or reloading a saved copy reuses the compiled
-    executables. ``None``: :func:`default_micro_batch_tokens`."""
+def encode_step(
+    enc, micro_batch_tokens: Optional[int] = None, devices: Optional[Sequence] = None
+) -> EncodeStep:
+    """The step for ``enc``'s (module, spec) on ``devices`` (``None`` or one device: jax's
+    default placement), shared across encoders (modules compare by config), so
+    ``replace(params=...)`` or reloading a saved copy reuses the compiled executables.
+    ``micro_batch_tokens=None``: :func:`default_micro_batch_tokens`."""
     if micro_batch_tokens is None:
         micro_batch_tokens = default_micro_batch_tokens()
-    return _cached_step(enc.module, enc.spec, int(micro_batch_tokens))
+    devices = None if devices is None or len(devices) < 2 else tuple(devices)
+    return _cached_step(enc.module, enc.spec, int(micro_batch_tokens), devices)
+
+
+def padded_rows(rows: int, multiple: int) -> int:
+    """``rows`` rounded up to a multiple of ``multiple`` (the number of devices)."""
+    return -(-rows // multiple) * multiple
 
 
 def prompted(enc, texts: list[str], *, prompt: Optional[str], prompt_name: Optional[str]):
@@ -158,6 +203,18 @@ def _collect(out: np.ndarray, result, idx: np.ndarray, bar) -> None:
         bar.update(len(idx))
 
 
+def _progress_bar(progress, n: int):
+    """``progress``: ``False`` (none), ``True`` (a tqdm bar) or an object with
+    ``update(n_rows)`` (e.g. the bulk encoder's sentences/s reporter)."""
+    if isinstance(progress, (bool, int)):
+        if not progress:
+            return None
+        from tqdm.auto import tqdm
+
+        return tqdm(total=n, desc="encode", unit="text")
+    return progress
+
+
 def encode(
     enc,
     texts: Sequence[str],
@@ -166,9 +223,10 @@ def encode(
     prompt_name: Optional[str] = None,
     batch_size: int = 64,
     max_length: Optional[int] = None,
-    progress: bool = False,
+    progress=False,
     chunk_batches: int = 32,
     micro_batch_tokens: Optional[int] = None,
+    devices: Optional[Sequence] = None,
 ) -> np.ndarray:
     """``Encoder.encode``: ``texts`` (N strings) -> [N, dim] float32 numpy, in input order.
 
@@ -181,6 +239,9 @@ def encode(
     module docstring). ``micro_batch_tokens`` splits each batch into ``lax.map``
     steps of about that many tokens (``None``: 1024 on the CPU backend, where it
     keeps activations in cache, and no split on accelerators; ``0``: no split).
+    ``devices`` (e.g. ``jax.local_devices()``) splits every batch over those devices
+    (data-parallel; ``None``: jax's default device). ``progress``: ``True`` for a tqdm
+    bar, or any object with ``update(n_rows)``, called as batches finish.
     Empty strings encode (as [CLS][SEP]); texts longer than ``max_length`` (default
     ``enc.max_length``) tokens are truncated with a ``UserWarning``.
     """
@@ -193,14 +254,11 @@ def encode(
     out = np.zeros((n, enc.dim), np.float32)
     if n == 0:
         return out
-    step = encode_step(enc, micro_batch_tokens)
+    step = encode_step(enc, micro_batch_tokens, devices)
+    params = step.place_params(enc.params)
     span = batch_size * max(1, chunk_batches)
     starts = list(range(0, n, span))
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=n, desc="encode", unit="text")
+    bar = _progress_bar(progress, n)
     n_truncated, pending = 0, None
     with concurrent.futures.ThreadPoolExecutor(max_workers=1) as worker:
         future = worker.submit(_ids, enc, texts[:span], max_length)
@@ -214,13 +272,14 @@ def encode(
                 [len(x) for x in ids], batch_size=batch_size, max_length=max_length
             )
             for idx, rows, length in plan:
-                batch = _pad(enc, ids, types, idx, rows, length, n_prompt)
-                result = step(enc.params, batch)  # dispatched asynchronously
+                batch = _pad(enc, ids, types, idx, padded_rows(rows, step.row_multiple),
+                             length, n_prompt)
+                result = step(params, step.place_rows(batch))  # dispatched asynchronously
                 if pending is not None:
                     _collect(out, *pending, bar)
                 pending = (result, start + idx)
         _collect(out, *pending, bar)
-    if bar is not None:
+    if bar is not None and bar is not progress:
         bar.close()
     warn_truncated(n_truncated, max_length)
     return out
@@ -256,11 +315,12 @@ def precompile(
     max_length: Optional[int] = None,
     chunk_batches: int = 32,
     micro_batch_tokens: Optional[int] = None,
+    devices: Optional[Sequence] = None,
 ) -> int:
     """``Encoder.precompile``: compile the encode step for every batch shape
     ``encode(texts, batch_size=..., prompt=...)`` will use (for ``texts=None``: every length
-    bucket at full ``batch_size`` rows), so later calls run without compiling. Returns the
-    number of shapes."""
+    bucket at full ``batch_size`` rows), so later calls run without compiling (with the same
+    ``devices``). Returns the number of shapes."""
     max_length = max_length or enc.max_length
     if texts is None:
         shapes = {(batch_size, length) for length in buckets.length_buckets(max_length)}
@@ -275,8 +335,10 @@ def precompile(
                     [len(x) for x in ids], batch_size=batch_size, max_length=max_length
                 )
             }
-    step = encode_step(enc, micro_batch_tokens)
+    step = encode_step(enc, micro_batch_tokens, devices)
+    shapes = {(padded_rows(rows, step.row_multiple), length) for rows, length in shapes}
+    params = step.place_params(enc.params)
     for rows, length in sorted(shapes):
         batch = pad([[enc.pad_token_id]], None, rows=rows, length=length, pad_id=enc.pad_token_id)
-        jax.block_until_ready(step(enc.params, batch))
+        jax.block_until_ready(step(params, step.place_rows(batch)))
     return len(shapes)

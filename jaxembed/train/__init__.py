@@ -7,6 +7,7 @@ schedule), ``objectives`` (SimCSE / WhitenedCSE / DSE / 2DMSE from
 ``metrics`` (JSONL + TensorBoard), ``flops`` (MFU), ``health`` (non-finite /
 collapsed training), ``workdir`` (the workdir lock and recorded config),
 ``errors`` (what the CLI reports in one line), ``trainer`` (the loop),
-``distributed`` (multi-process start-up), ``cli`` (``jaxembed train``).
+``distributed`` (multi-process start-up), ``cli`` (``jaxembed train``), ``plan``
+(compile the step for a TPU topology without one: ``jaxembed plan``).
 Nothing is imported eagerly so ``jaxembed --help`` stays fast.
 """

@@ -58,8 +58,10 @@ def run(args) -> int:
         return 2 if isinstance(e, ConfigError) else 1
     last = summary.get("last") or {}
     if last:
-        print(f"done: {summary['steps']} steps, final loss {last.get('loss', float('nan')):.4f}, "
-              f"exported to {args.workdir}/export")
+        from jaxembed.train.metrics import format_loss
+
+        print(f"done: {summary['steps']} steps, final loss "
+              f"{format_loss(last.get('loss', float('nan')))}, exported to {args.workdir}/export")
     return 0
 
 

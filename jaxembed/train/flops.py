@@ -28,14 +28,19 @@ Example::
 
 from __future__ import annotations
 
-# device-kind substring (lower case) -> (bf16 peak, float32 peak) FLOP/s, dense.
+# device-kind substring (lower case) -> (bf16 peak, float32 peak) FLOP/s, dense; the
+# first match wins, so "v5 lite" (v5e) comes before "tpu v5" (v5p reports "TPU v5").
 PEAK_FLOPS: dict[str, tuple[float, float]] = {
     "h200": (989e12, 67e12),     # NVIDIA H200 SXM: bf16 tensor 989 TF, fp32 67 TF
     "h100": (989e12, 67e12),     # NVIDIA H100 SXM
     "a100": (312e12, 19.5e12),   # NVIDIA A100
-    "v5p": (459e12, 459e12),     # TPU v5p (f32 matmuls run as bf16 passes by default)
-    "v5 lite": (197e12, 197e12),  # TPU v5e
+    # TPUs (cloud.google.com/tpu/docs/<version>); f32 matmuls run as bf16 passes by default
+    "v6 lite": (918e12, 918e12),  # TPU v6e (Trillium), device kind "TPU v6 lite"
+    "v6e": (918e12, 918e12),
+    "v5 lite": (197e12, 197e12),  # TPU v5e, device kind "TPU v5 lite"
     "v5e": (197e12, 197e12),
+    "v5p": (459e12, 459e12),     # TPU v5p, device kind "TPU v5"
+    "tpu v5": (459e12, 459e12),
     "v4": (275e12, 275e12),      # TPU v4
     "cpu": (89.6e9, 89.6e9),     # nominal: 2.8 GHz x 32 FLOP/cycle, one core
 }
@@ -55,6 +60,16 @@ def encoder_train_flops(*, n_params: float, layers: int, hidden: int, seq_len: i
     """FLOPs of one forward+backward step over ``sequences`` sequences of ``seq_len`` tokens."""
     tokens = sequences * seq_len
     return 6.0 * n_params * tokens + 12.0 * layers * seq_len * hidden * tokens
+
+
+def train_step_flops(n_total: int, config, *, seq_len: int, sequences: int) -> float:
+    """:func:`encoder_train_flops` for a model of ``n_total`` parameters (encoder + heads)
+    with the shapes of ``config`` (an ``EncoderConfig``); the embedding tables are excluded."""
+    n = non_embedding_params(n_total, vocab_size=config.vocab_size,
+                             max_positions=config.max_position_embeddings,
+                             type_vocab_size=config.type_vocab_size, hidden=config.hidden_size)
+    return encoder_train_flops(n_params=n, layers=config.num_hidden_layers,
+                               hidden=config.hidden_size, seq_len=seq_len, sequences=sequences)
 
 
 def non_embedding_params(n_total: int, *, vocab_size: int, max_positions: int,

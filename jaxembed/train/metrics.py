@@ -131,6 +131,12 @@ class MetricsWriter:
                 pass
 
 
+def format_loss(value: float) -> str:
+    """A loss for people: 4 significant digits whatever its scale (``0.6931``,
+    ``1.234e-05``, ``nan``), so a small loss still shows it moving."""
+    return f"{value:.4g}"
+
+
 def read_metrics(workdir) -> list[dict]:
     path = pathlib.Path(workdir) / "metrics.jsonl"
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]

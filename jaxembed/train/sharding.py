@@ -1,4 +1,4 @@
-"""One rules table from logical axes to the ``data``/``fsdp`` mesh, and placement helpers.
+"""The one rules table from logical axes to the ``data``/``fsdp`` mesh, and placement helpers.
 
 The encoder names the axes of its parameters and activations with logical
 names (``batch``, ``seq``, ``embed``, ``heads``, ``kv``, ``mlp``, ``vocab``);
@@ -11,24 +11,41 @@ names (``batch``, ``seq``, ``embed``, ``heads``, ``kv``, ``mlp``, ``vocab``);
 * everything else replicated.
 
 Rules are applied in order and a mesh axis is used at most once per array
-(flax semantics), so activations ``(batch, seq, embed)`` shard on batch only.
-A dimension that the mesh axis size does not divide stays replicated.
+(flax's :func:`flax.linen.logical_to_mesh_axes`), so activations
+``(batch, seq, embed)`` shard on batch only. Two exceptions keep a parameter
+(and its optimiser moments) replicated:
+
+* it is smaller than ``min_shard_bytes`` (:data:`MIN_SHARD_BYTES`, 1 MiB; the
+  idea of big_vision's ``min_size_to_shard_mb``): biases and LayerNorm
+  vectors, whose all-gathers would cost more latency than they save memory;
+* the mesh axis size does not divide the dimension (logged once per case).
+
+Parameters get their shardings from :func:`param_shardings`; activations get
+theirs from the model's ``nn.with_logical_constraint`` calls, which only act
+while :func:`logical_axis_context` is active while the step is traced
+(:func:`jaxembed.train.step.make_train_step` does this).
 
 Example::
 
     mesh = make_mesh(data=2, fsdp=4)
-    shardings = param_shardings(params, mesh, hidden_size=32)
+    shardings = param_shardings(params, mesh, logical=logical)
     params = place(params, shardings)
+    with logical_axis_context(mesh):          # inside the traced function
+        out = enc.apply(params, ids, mask)    # activations constrained by LOGICAL_RULES
 """
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import math
 from typing import Any, Sequence
 
 import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+log = logging.getLogger("jaxembed.train.sharding")
 
 MESH_AXES = ("data", "fsdp")
 
@@ -42,9 +59,22 @@ LOGICAL_RULES: tuple[tuple[str, Any], ...] = (
     ("mlp", None),
 )
 
+# parameters below this many bytes stay replicated: every vector of a BERT
+# (at most 4096 floats = 16 KiB) replicates, every BERT-base matrix
+# (768 x 768 float32 = 2.25 MiB and up) is sharded
+MIN_SHARD_BYTES = 1 << 20
+
+_logged: set = set()
+
 
 def make_mesh(*, data: int = -1, fsdp: int = 1, devices: Sequence | None = None) -> Mesh:
-    """A ``(data, fsdp)`` mesh over ``devices`` (default: all); ``-1`` fills the rest."""
+    """A ``(data, fsdp)`` mesh over ``devices`` (default: all); ``-1`` fills the rest.
+
+    The device grid follows the physical interconnect where JAX knows it
+    (``mesh_utils.create_device_mesh``; TPU slices); devices of several slices
+    (``slice_index``) put the slices on the ``data`` axis (DCN), so ``fsdp``
+    all-gathers stay inside a slice.
+    """
     devices = list(jax.devices() if devices is None else devices)
     n = len(devices)
     if data == -1 and fsdp == -1:
@@ -53,36 +83,70 @@ def make_mesh(*, data: int = -1, fsdp: int = 1, devices: Sequence | None = None)
         data = n // max(fsdp, 1)
     if fsdp == -1:
         fsdp = n // max(data, 1)
-    if data * fsdp != n:
-        raise ValueError(f"mesh data={data} x fsdp={fsdp} != {n} devices")
-    return Mesh(np.asarray(devices).reshape(data, fsdp), MESH_AXES)
+    if data < 1 or fsdp < 1 or data * fsdp != n:
+        raise ValueError(f"mesh data={data} x fsdp={fsdp} != {n} devices "
+                         f"(mesh_data x mesh_fsdp must equal the device count)")
+    return Mesh(_device_grid(devices, data, fsdp), MESH_AXES)
 
 
-def logical_to_mesh(logical: Sequence[str | None], rules=LOGICAL_RULES) -> P:
-    """Map logical axis names to a ``PartitionSpec`` with ``rules`` (first match wins)."""
-    result: list[Any] = [None] * len(logical)
-    used: set[str] = set()
-    for name, mesh_axes in rules:
-        if name not in logical or mesh_axes is None:
-            continue
-        pos = logical.index(name)
-        axes = (mesh_axes,) if isinstance(mesh_axes, str) else tuple(mesh_axes)
-        if result[pos] is None and not used.intersection(axes):
-            result[pos] = mesh_axes
-            used.update(axes)
-    return P(*result)
+def _device_grid(devices: list, data: int, fsdp: int) -> np.ndarray:
+    from jax.experimental import mesh_utils
+
+    slices = len({getattr(d, "slice_index", 0) for d in devices})
+    if slices > 1:
+        if data % slices:
+            raise ValueError(f"{slices} slices need mesh data ({data}) to be a multiple of "
+                             f"{slices}: fsdp stays inside a slice, data spans slices")
+        return mesh_utils.create_hybrid_device_mesh((data // slices, fsdp), (slices, 1), devices,
+                                                    allow_split_physical_axes=True)
+    if devices[0].platform != "tpu":
+        return np.asarray(devices).reshape(data, fsdp)
+    try:
+        return mesh_utils.create_device_mesh((data, fsdp), devices, allow_split_physical_axes=True)
+    except (ValueError, NotImplementedError, AssertionError) as e:  # a subset of a slice
+        log.info("device mesh in enumeration order (%s)", e)
+        return np.asarray(devices).reshape(data, fsdp)
 
 
-def _fit(spec: P, shape: Sequence[int], mesh: Mesh) -> P:
-    """Drop mesh axes from dimensions they do not divide."""
+@contextlib.contextmanager
+def logical_axis_context(mesh: Mesh):
+    """Make the model's ``nn.with_logical_constraint`` calls act: :data:`LOGICAL_RULES`
+    plus ``mesh`` (as an abstract mesh, so this works inside ``jax.jit`` tracing)."""
+    import flax.linen as nn
+
+    with jax.sharding.use_abstract_mesh(mesh.abstract_mesh), nn.logical_axis_rules(LOGICAL_RULES):
+        yield
+
+
+def logical_to_mesh(logical: Sequence[str | None]) -> P:
+    """Logical axis names -> ``PartitionSpec`` by :data:`LOGICAL_RULES` (flax semantics)."""
+    import flax.linen as nn
+
+    return nn.logical_to_mesh_axes(tuple(logical), LOGICAL_RULES)
+
+
+def _log_once(key, msg: str, *args) -> None:
+    if key not in _logged:
+        _logged.add(key)
+        log.warning(msg, *args)
+
+
+def _fit(spec: P, shape: Sequence[int], mesh: Mesh, names: Sequence[str | None]) -> P:
+    """Drop mesh axes from dimensions they do not divide (logged once per case)."""
     out = []
-    for dim, axes in zip(shape, tuple(spec) + (None,) * (len(shape) - len(spec))):
+    for i, dim in enumerate(shape):
+        axes = spec[i] if i < len(spec) else None
         if axes is None:
             out.append(None)
             continue
-        names = (axes,) if isinstance(axes, str) else tuple(axes)
-        size = math.prod(mesh.shape[a] for a in names)
-        out.append(axes if dim % size == 0 else None)
+        size = math.prod(mesh.shape[a] for a in ((axes,) if isinstance(axes, str) else axes))
+        if dim % size:
+            _log_once((names[i], dim, axes, size),
+                      "logical axis %r of size %d is not divisible by mesh axes %s (%d devices): "
+                      "that dimension stays replicated", names[i], dim, axes, size)
+            out.append(None)
+        else:
+            out.append(axes)
     return P(*out)
 
 
@@ -105,23 +169,40 @@ def _unbox(tree):
     return values, names
 
 
-def param_shardings(params, mesh: Mesh, *, logical=None, hidden_size: int | None = None):
-    """A ``NamedSharding`` per leaf of ``params`` from its logical names.
+def _shape_dtype(leaf) -> tuple[tuple[int, ...], np.dtype]:
+    """Shape and dtype of an array, ``ShapeDtypeStruct`` or Python scalar."""
+    if hasattr(leaf, "shape") and hasattr(leaf, "dtype"):
+        return tuple(leaf.shape), np.dtype(leaf.dtype)
+    a = np.asarray(leaf)
+    return a.shape, a.dtype
+
+
+def param_sharding(leaf, names: Sequence[str | None], mesh: Mesh, *,
+                   min_shard_bytes: int = MIN_SHARD_BYTES) -> NamedSharding:
+    """The ``NamedSharding`` of one parameter (array or ``ShapeDtypeStruct``) with
+    logical axis ``names``: :data:`LOGICAL_RULES`, replicated below ``min_shard_bytes``."""
+    shape, dtype = _shape_dtype(leaf)
+    if len(names) != len(shape):
+        raise ValueError(f"logical names {tuple(names)} do not match a parameter of shape {shape}")
+    if math.prod(shape) * dtype.itemsize < min_shard_bytes:
+        return NamedSharding(mesh, P())
+    return NamedSharding(mesh, _fit(logical_to_mesh(names), shape, mesh, names))
+
+
+def param_shardings(params, mesh: Mesh, *, logical=None, hidden_size: int | None = None,
+                    min_shard_bytes: int = MIN_SHARD_BYTES):
+    """A ``NamedSharding`` per leaf of ``params`` (see :func:`param_sharding`).
 
     ``logical`` is a matching tree of logical-name tuples (or ``None`` leaves);
     leaves without names fall back to :func:`infer_logical_axes`.
     """
     leaves, treedef = jax.tree.flatten(params)
-    if logical is None:
-        names = [None] * len(leaves)
-    else:
-        names = treedef.flatten_up_to(logical)
+    names = [None] * len(leaves) if logical is None else treedef.flatten_up_to(logical)
     out = []
     for leaf, name in zip(leaves, names):
-        shape = np.shape(leaf)
         if name is None:
-            name = infer_logical_axes(shape, hidden_size=hidden_size)
-        out.append(NamedSharding(mesh, _fit(logical_to_mesh(name), shape, mesh)))
+            name = infer_logical_axes(_shape_dtype(leaf)[0], hidden_size=hidden_size)
+        out.append(param_sharding(leaf, name, mesh, min_shard_bytes=min_shard_bytes))
     return jax.tree.unflatten(treedef, out)
 
 
@@ -130,7 +211,7 @@ def replicated(mesh: Mesh) -> NamedSharding:
 
 
 def batch_sharding(mesh: Mesh) -> NamedSharding:
-    """Leading (batch) dimension over ``data`` x ``fsdp``; the rest replicated."""
+    """Leading (batch) dimension by the ``batch`` rule; the rest replicated."""
     return NamedSharding(mesh, logical_to_mesh(("batch",)))
 
 

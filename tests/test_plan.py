@@ -1,0 +1,129 @@
+"""``jaxembed plan``: the real train step compiled for a TPU topology on this CPU machine.
+
+The compile tests need libtpu (``pip install 'jaxembed[tpu]'``, part of ``dev``)
+and are skipped without it; no TPU is used.
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+
+import jax
+import pytest
+
+from jaxembed.cli import main
+from jaxembed.models.config import EncoderConfig
+from jaxembed.train import plan as plan_mod
+from jaxembed.train.config import TrainConfig
+from jaxembed.train.flops import train_step_flops
+
+REPO = pathlib.Path(__file__).resolve().parent.parent
+KEYS = {"chips", "per_chip_bytes", "hbm_bytes_per_chip", "fits", "flops_per_step",
+        "flops_per_chip", "optimal_seconds", "model_flops_per_step", "sentences_per_s_bound",
+        "mfu_bound", "largest_params", "largest_activations", "argument_bytes", "temp_bytes"}
+
+
+@pytest.fixture(scope="module")
+def small_model(tmp_path_factory):
+    """A config.json only (no weights): 1 layer, hidden 128, a 16k vocabulary, so the
+    embedding table (8 MiB, sharded) dominates the state and matmuls dominate FLOPs."""
+    folder = tmp_path_factory.mktemp("plan_model")
+    config = EncoderConfig(vocab_size=16384, hidden_size=128, num_hidden_layers=1,
+                           num_attention_heads=4, intermediate_size=512, max_position_embeddings=64)
+    (folder / "config.json").write_text(json.dumps(config.to_hf_dict()))
+    return folder
+
+
+def test_unknown_topology_lists_the_known_ones(capsys):
+    assert main(["plan", str(REPO / "configs" / "quickstart.py"), "--topology", "v9x:2x2"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown TPU topology 'v9x:2x2'" in err and "v5p" in err and "v5p:2x2x2" in err
+    with pytest.raises(ValueError, match="v4 needs 3 positive sizes"):
+        plan_mod.parse_topology("v4:2x2")
+    assert plan_mod.parse_topology("v6e:2x4") == ("v6e", (2, 4))
+
+
+def test_missing_libtpu_says_how_to_install(monkeypatch):
+    real = plan_mod.importlib.util.find_spec
+    monkeypatch.setattr(plan_mod.importlib.util, "find_spec",
+                        lambda name, *a: None if name == "libtpu" else real(name, *a))
+    with pytest.raises(RuntimeError, match=r"pip install 'jaxembed\[tpu\]'"):
+        plan_mod.tpu_devices("v5p:2x2x1")
+
+
+def test_mesh_and_batch_must_divide_the_devices(small_model):
+    cfg = TrainConfig(model=str(small_model), batch_size=16, max_length=32)
+    with pytest.raises(ValueError, match=r"mesh data=3 x fsdp=1 != 8 devices"):
+        plan_mod.abstract_step(cfg.replace(mesh_data=3), jax.devices())
+    with pytest.raises(ValueError, match="batch_size 12 is not divisible by the 8 devices"):
+        plan_mod.abstract_step(cfg.replace(batch_size=12), jax.devices())
+
+
+def test_model_config_needs_only_config_json(small_model):
+    assert plan_mod.model_config(TrainConfig(model=str(small_model))).vocab_size == 16384
+    large = plan_mod.model_config(TrainConfig(model="google-bert/bert-large-uncased"))
+    assert (large.hidden_size, large.num_hidden_layers, large.intermediate_size) == (1024, 24, 4096)
+    with pytest.raises(FileNotFoundError, match="config.json"):
+        plan_mod.model_config(TrainConfig(model="/nonexistent/model"))
+
+
+def test_plan_on_v5p_2x2x1(small_model, tmp_path, capsys):
+    """fsdp=1 (library) and fsdp=4 (CLI --json) of one unsupervised SimCSE step on 4 v5p chips."""
+    pytest.importorskip("libtpu")
+    import os
+
+    env_before = dict(os.environ)
+    cfg = TrainConfig(model=str(small_model), objective="simcse_unsup", batch_size=16,
+                      max_length=32, mixed_precision=True, mesh_data=4, mesh_fsdp=1)
+    data = plan_mod.plan(cfg, topology="v5p:2x2x1")
+    config_py = tmp_path / "cfg.py"
+    config_py.write_text("from jaxembed.train.config import TrainConfig\n\n"
+                         "def get_config(arg=None):\n"
+                         f"    return TrainConfig(**{cfg.to_dict()!r})\n")
+    assert main(["plan", str(config_py), "--topology", "v5p:2x2x1", "--set", "mesh_data=1",
+                 "--set", "mesh_fsdp=4", "--json"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 1
+    fsdp = json.loads(lines[0])
+    # e.g. a TPU_WORKER_HOSTNAMES left behind made a later `jaxembed train` in this
+    # process take itself for a TPU pod worker and call jax.distributed.initialize
+    changed = {k for k in set(env_before) | set(os.environ) if env_before.get(k) != os.environ.get(k)}
+    assert changed <= {"ALLOW_MULTIPLE_LIBTPU_LOAD", "TPU_LIBRARY_PATH", "TPU_SKIP_MDS_QUERY",
+                       "TF_CPP_MIN_LOG_LEVEL"}, changed
+
+    for r in (data, fsdp):
+        assert KEYS <= set(r)
+        assert r["chips"] == 4 and r["chip"] == "TPU v5"
+        assert r["hbm_bytes_per_chip"] == 95 * 2**30 and r["fits"] is True
+        assert r["per_chip_bytes"] == (r["argument_bytes"] + r["output_bytes"]
+                                       - r["alias_bytes"] + r["temp_bytes"]) > 0
+        # XLA's count against 6 N tokens + attention: it adds softmax, LayerNorm, GELU and
+        # AdamW elementwise work and the embedding-gradient scatter (measured 1.01x here)
+        assert 0.9 < r["flops_per_step"] / r["model_flops_per_step"] < 1.3
+        assert r["flops_per_step"] == pytest.approx(4 * r["flops_per_chip"])
+        assert 0 < r["optimal_seconds"] < 1 and 0 < r["mfu_bound"] <= 1
+        assert r["sentences_per_s_bound"] == pytest.approx(16 / r["optimal_seconds"])
+        assert r["activation_constraints"] >= 8  # the encoder's constraints reached the program
+        assert r["largest_params"][0]["name"] == "encoder/embeddings/word_embeddings/embedding"
+    expected = train_step_flops(data["params"], plan_mod.model_config(cfg), seq_len=32,
+                                sequences=32)
+    assert data["model_flops_per_step"] == pytest.approx(expected)
+    # the same model work; with data=4 every chip also runs the whole AdamW update of the
+    # replicated embedding table (~21 FLOPs x 2.1M params x 3 extra chips: 9 % more here)
+    assert 0.8 * data["flops_per_step"] < fsdp["flops_per_step"] < data["flops_per_step"]
+    # params + AdamW moments: ~25 MiB replicated, a quarter of the embedding part with fsdp=4
+    assert fsdp["argument_bytes"] < 0.4 * data["argument_bytes"]
+    assert fsdp["per_chip_bytes"] < 0.6 * data["per_chip_bytes"]
+    assert fsdp["largest_params"][0]["spec"] == "P(None, 'fsdp')"
+    assert data["mesh"] == {"data": 4, "fsdp": 1} and fsdp["mesh"] == {"data": 1, "fsdp": 4}
+
+
+def test_peak_flops_of_tpu_device_kinds():
+    """The device kinds JAX reports (v5p is "TPU v5", v5e "TPU v5 lite", v6e "TPU v6 lite")
+    against Google's published bf16 peaks."""
+    from jaxembed.train.flops import peak_flops_per_device
+
+    for kind, peak in [("TPU v4", 275e12), ("TPU v5", 459e12), ("TPU v5 lite", 197e12),
+                       ("TPU v6 lite", 918e12)]:
+        assert peak_flops_per_device(kind, bf16=True) == peak
