@@ -6,7 +6,11 @@ Cases, for every objective in ``--objectives`` and batch in ``--batch-sizes``:
              ``simcse_unsup`` (2 dropout views, CLS -> Linear+tanh -> InfoNCE) or
              ``whitenedcse`` (3 views, shuffled group whitening, MLP, InfoNCE)
              objective, clipped AdamW, donated state, one jit; once per
-             ``--dropout-rng`` (``TrainConfig.dropout_rng``);
+             ``--dropout-rng`` (``TrainConfig.dropout_rng``), ``--embedding-lookup``
+             and ``--attention`` (:class:`jaxembed.models.transformer.TransformerEncoder`'s
+             fields; the batches are right-padded, so ``right_padded=True``: sequence
+             lengths, what cuDNN attention takes) and ``--dropout`` (the config's
+             rates; ``0.1/0``: hidden 0.1, attention 0, the cuDNN-eligible training);
 * ``torch``  :class:`benchmarks.torch_reference.TorchStep`: ``transformers.BertModel``
              (SDPA, no pooler) + the same loss, whitening as the official code
              (per-view ``randperm``, ZCA from ``torch.linalg.eigh``, W detached),
@@ -98,6 +102,15 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--dropout-rng", default="auto",
                    help="comma-separated TrainConfig.dropout_rng values to time (auto: the "
                         "trainer's default, threefry on CPU and rbg on accelerators; threefry, rbg)")
+    p.add_argument("--embedding-lookup", default="auto",
+                   help="comma-separated TransformerEncoder.embedding_lookup values to time "
+                        "(auto, take, onehot, cast_take)")
+    p.add_argument("--attention", default="auto",
+                   help="comma-separated TransformerEncoder.attention values to time "
+                        "(auto, einsum, xla, cudnn)")
+    p.add_argument("--dropout", default="",
+                   help="comma-separated dropout rates to time, each HIDDEN or HIDDEN/ATTENTION "
+                        "(default: the model's, 0.1 for BERT)")
     p.add_argument("--baseline-threefry", action="store_true",
                    help="also time the first batch/objective with threefry dropout bits")
     p.add_argument("--remat", action="store_true", help="rematerialise encoder layers (jax)")
@@ -116,12 +129,21 @@ def parse_args(argv=None) -> argparse.Namespace:
     args.objectives = [o for o in args.objectives.split(",") if o]
     args.batch_sizes = [int(b) for b in args.batch_sizes.split(",") if b]
     args.dropout_rng = [r for r in args.dropout_rng.split(",") if r]
+    args.embedding_lookup = [v for v in args.embedding_lookup.split(",") if v]
+    args.attention = [v for v in args.attention.split(",") if v]
+    args.dropout = [parse_dropout(v) for v in args.dropout.split(",") if v] or [None]
     args.cases = {c for c in args.cases.split(",") if c} - ({"torch", "st_mnrl"} if args.no_torch
                                                             else set())
     for o in args.objectives:
         if o not in VIEWS:
             p.error(f"--objectives: unknown {o!r} (use {', '.join(VIEWS)})")
     return args
+
+
+def parse_dropout(text: str) -> tuple[float, float]:
+    """``"0.1"`` -> (0.1, 0.1); ``"0.1/0"`` -> (0.1, 0.0): hidden and attention rates."""
+    hidden, _, attention = text.partition("/")
+    return float(hidden), float(attention or hidden)
 
 
 # ----------------------------------------------------------------------------- model + data
@@ -174,12 +196,13 @@ def step_flops(config: dict, *, seq_len: int, sequences: int) -> float:
 # ----------------------------------------------------------------------------- cases
 
 class Case:
-    """One contender: ``run()`` does one step and blocks; ``losses`` collects its losses."""
+    """One contender: ``run()`` does one step and blocks; ``losses`` collects its losses;
+    ``variant`` names the jax step's choices (dropout bits, lookups, attention, rates)."""
 
     def __init__(self, name: str, objective: str, batch: int, run, *,
-                 dropout_rng: str | None = None, extra: dict | None = None):
+                 variant: dict | None = None, extra: dict | None = None):
         self.name, self.objective, self.batch, self._run = name, objective, batch, run
-        self.dropout_rng, self.extra = dropout_rng, extra or {}
+        self.variant, self.extra = variant or {}, extra or {}
         self.losses: list[float] = []
         self.box = None
 
@@ -187,7 +210,21 @@ class Case:
         self.losses.append(self._run())
 
 
-def jax_case(args, config: dict, objective: str, ids, mask, dropout_rng: str) -> Case:
+def encoder_variant(enc, *, embedding_lookup: str, attention: str, dropout):
+    """``enc`` with those ``TransformerEncoder`` fields (``right_padded=True``: the
+    benchmark's batches are) and, if ``dropout`` is a pair, those dropout rates."""
+    import dataclasses
+
+    config = enc.config
+    if dropout is not None:
+        config = dataclasses.replace(config, hidden_dropout_prob=dropout[0],
+                                     attention_probs_dropout_prob=dropout[1])
+    module = enc.module.clone(config=config, embedding_lookup=embedding_lookup,
+                              attention=attention, right_padded=True)
+    return enc.replace(module=module)
+
+
+def jax_case(args, config: dict, objective: str, ids, mask, variant: dict) -> Case:
     import jax
     import jax.numpy as jnp
 
@@ -206,6 +243,9 @@ def jax_case(args, config: dict, objective: str, ids, mask, dropout_rng: str) ->
         fields = {k: v for k, v in config.items() if not k.startswith("_")}
         enc = Encoder.from_config(EncoderConfig(**fields), key=jax.random.PRNGKey(args.seed),
                                   dtype=dtype, pooling="cls_before_pooler", remat=args.remat)
+    enc = encoder_variant(enc, embedding_lookup=variant["embedding_lookup"],
+                          attention=variant["attention"], dropout=variant["dropout"])
+    dropout_rng = variant["dropout_rng"]
     batch = ids.shape[0]
     cfg = TrainConfig(objective=objective, num_views=VIEWS[objective],
                       num_groups=args.num_groups, whitening_eps=args.eps,
@@ -230,7 +270,7 @@ def jax_case(args, config: dict, objective: str, ids, mask, dropout_rng: str) ->
         box["state"], m = step(box["state"], placed)
         return float(m["loss"])  # blocks
 
-    case = Case("jax", objective, batch, run, dropout_rng=dropout_rng, extra=extra)
+    case = Case("jax", objective, batch, run, variant=variant, extra=extra)
     case.loss_fn, case.placed, case.box = obj.loss, placed, box  # for --breakdown
     return case
 
@@ -349,9 +389,13 @@ def build_cases(args, config: dict, backend: str) -> list:
     """A builder per case, in run order (PyTorch first: see the module docstring)."""
     rng = np.random.default_rng(args.seed)
     batches = {b: make_batch(rng, b, args.seq_len) for b in args.batch_sizes}
-    jax_runs = [(b, o, r) for r in args.dropout_rng for b in batches for o in args.objectives]
+    variants = [dict(dropout_rng=r, embedding_lookup=e, attention=a, dropout=d)
+                for r in args.dropout_rng for e in args.embedding_lookup
+                for a in args.attention for d in args.dropout]
+    jax_runs = [(b, o, v) for v in variants for b in batches for o in args.objectives]
     if args.baseline_threefry and "threefry" not in args.dropout_rng:
-        jax_runs.insert(0, (args.batch_sizes[0], args.objectives[0], "threefry"))
+        jax_runs.insert(0, (args.batch_sizes[0], args.objectives[0],
+                            {**variants[0], "dropout_rng": "threefry"}))
     builders = []
     if args.cases & {"torch", "st_mnrl"}:
         device = torch_device(backend)
@@ -361,8 +405,8 @@ def build_cases(args, config: dict, backend: str) -> list:
         if "st_mnrl" in args.cases and config["_path"]:
             builders += [lambda b=b: st_case(args, config, *batches[b], device) for b in batches]
     if "jax" in args.cases:
-        builders += [lambda b=b, o=o, r=r: jax_case(args, config, o, *batches[b], r)
-                     for b, o, r in jax_runs]
+        builders += [lambda b=b, o=o, v=v: jax_case(args, config, o, *batches[b], v)
+                     for b, o, v in jax_runs]
     return builders
 
 
@@ -448,7 +492,8 @@ def main(argv=None) -> int:
         row = {"bench": "train_step", "case": case.name, "model": args.model,
                "objective": case.objective, "batch": case.batch, "seq_len": args.seq_len,
                "dtype": args.dtype, "device": kind, "devices": args.devices,
-               "dropout_rng": case.dropout_rng, "steps": args.steps, "compile_s": first,
+               "dropout_rng": case.variant.get("dropout_rng"), **_variant_fields(case),
+               "steps": args.steps, "compile_s": first,
                "step_s": med, "sent_per_s": case.batch / med,
                "tokens_per_s_per_device": case.batch * views * args.seq_len / med / args.devices,
                "flops_per_step": flops, "tflops": flops / med / 1e12,
@@ -466,15 +511,27 @@ def main(argv=None) -> int:
     return 0
 
 
+def _variant_fields(case: Case) -> dict:
+    """The jax step's lookup / attention / dropout choices (none for torch cases)."""
+    v = case.variant
+    if not v:
+        return {}
+    rates = "model" if v["dropout"] is None else "/".join(f"{x:g}" for x in v["dropout"])
+    return {"embedding_lookup": v["embedding_lookup"], "attention": v["attention"],
+            "dropout": rates}
+
+
 def print_table(rows: list[dict], header: dict) -> None:
     print(f"\n{header['device']}  jax {header.get('jax')}  torch {header.get('torch', '-')}  "
           f"matmul peak {max(header['matmul_peak_tflops'].values()):.3g} TFLOP/s "
           f"(nominal {header['nominal_peak_tflops']:.3g})")
-    print("| case | objective | dropout bits | batch | ms/step | sentences/s | MFU "
-          "| of matmul peak | vs torch |\n|---|---|---|---|---|---|---|---|---|")
+    print("| case | objective | dropout bits | lookup | attention | dropout | batch | ms/step "
+          "| sentences/s | MFU | of matmul peak | vs torch |\n" + "|---" * 12 + "|")
     for r in rows:
         vs = f"{r['speedup_vs_torch']:.2f}x" if "speedup_vs_torch" in r else "-"
-        print(f"| {r['case']} | {r['objective']} | {r['dropout_rng'] or '-'} | {r['batch']} | "
+        print(f"| {r['case']} | {r['objective']} | {r['dropout_rng'] or '-'} | "
+              f"{r.get('embedding_lookup', '-')} | {r.get('attention', '-')} | "
+              f"{r.get('dropout', '-')} | {r['batch']} | "
               f"{r['step_s'] * 1e3:.1f} | {r['sent_per_s']:.1f} | {r['mfu'] * 100:.1f}% | "
               f"{r['frac_matmul_peak'] * 100:.0f}% | {vs} |")
 

@@ -15,7 +15,7 @@ import subprocess
 import sys
 
 NAMES = ("losses", "encode", "train_step", "align", "scaling", "grad_cache", "gemm",
-         "dispatch_gap", "lora_memory", "decoder_encode")
+         "dispatch_gap", "lora_memory", "embedding_grad", "profile_top", "decoder_encode")
 
 
 def _checkout() -> pathlib.Path:

@@ -51,7 +51,7 @@ VARIANTS = {
 def randomize(model, seed: int, *, std: float = 0.15) -> None:
     """All weights N(0, std); norm weights around their neutral value (1, or 0 for Gemma's
     1 + w) with spread 0.3."""
-    import torch
+    from _optional import torch
 
     gen = torch.Generator().manual_seed(seed)
     gemma = model.config.model_type.startswith("gemma")
@@ -86,7 +86,7 @@ def _legacy_rope(folder: pathlib.Path) -> None:
 def build(name: str, folder: pathlib.Path, seed: int, **overrides):
     """Save a random tiny ``*ForCausalLM`` of variant ``name`` to ``folder``; return it reloaded
     from that folder by transformers (eager attention, float32, eval) -- the reference."""
-    import torch
+    from _optional import torch
     import transformers
 
     cls_name, kwargs, legacy = VARIANTS[name]
@@ -102,6 +102,9 @@ def build(name: str, folder: pathlib.Path, seed: int, **overrides):
 
 def load_reference(folder):
     import transformers
+    from _optional import needs_torch
+
+    needs_torch()
 
     return transformers.AutoModelForCausalLM.from_pretrained(
         folder, attn_implementation="eager", dtype="float32"
@@ -120,7 +123,7 @@ def padded_batch(rng: np.random.Generator, vocab: int, *, batch: int = 4, length
 
 
 def hf_hidden_states(model, ids, mask, position_ids=None) -> list[np.ndarray]:
-    import torch
+    from _optional import torch
 
     kwargs = dict(input_ids=torch.tensor(np.asarray(ids), dtype=torch.long),
                   attention_mask=torch.tensor(np.asarray(mask), dtype=torch.long))
@@ -132,7 +135,7 @@ def hf_hidden_states(model, ids, mask, position_ids=None) -> list[np.ndarray]:
 
 
 def hf_logits(model, ids, mask) -> np.ndarray:
-    import torch
+    from _optional import torch
 
     with torch.no_grad():
         return model(input_ids=torch.tensor(np.asarray(ids), dtype=torch.long),
@@ -250,7 +253,7 @@ def official_tp_texts(sentences, template: str) -> list[str]:
 def hf_pooled(model, tokenizer, texts, *, pooling: str, prompt_tokens: int = 0) -> np.ndarray:
     """float64 reference embeddings from a transformers base model, each text run alone (no
     padding at all): ``last_token`` or ``mean`` without the first ``prompt_tokens`` tokens."""
-    import torch
+    from _optional import torch
 
     rows = []
     for text in texts:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
-import torch
+from _optional import torch
 
 
 def np_normalize(x):
@@ -170,6 +170,9 @@ def torch_simcse_supervised(a, p, n, *, temperature=0.05, hard_negative_weight=0
 def st_multiple_negatives_ranking(a, p, n=None, *, temperature=0.05, directions=("query_to_doc",)):
     """sentence-transformers' ``MultipleNegativesRankingLoss`` (its GTE "improved contrastive
     loss" variant with ``directions``), on embeddings: negatives [B, K, D] become K columns."""
+    from _optional import needs_torch
+
+    needs_torch()
     from sentence_transformers.sentence_transformer.losses import MultipleNegativesRankingLoss
 
     loss = MultipleNegativesRankingLoss(

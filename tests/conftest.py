@@ -138,16 +138,46 @@ def minilm_path() -> pathlib.Path:
 
 @pytest.fixture(scope="session")
 def tiny_bert_dir(tmp_path_factory, minilm_path) -> pathlib.Path:
-    """A random 2-layer BERT (hidden 32) with the real MiniLM WordPiece tokenizer."""
-    import torch
+    """A random 2-layer BERT (hidden 32) with the real MiniLM WordPiece tokenizer.
+
+    Built by ``transformers.BertModel``; without PyTorch (CI's torch-free lane) the same
+    architecture is written from NumPy, drawn as ``BertModel`` initialises it."""
     import transformers
 
-    torch.manual_seed(0)
     out = tmp_path_factory.mktemp("tiny_bert")
     config = transformers.BertConfig(
         vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
         intermediate_size=64, max_position_embeddings=128, type_vocab_size=2,
     )
-    transformers.BertModel(config).save_pretrained(out, safe_serialization=True)
+    try:
+        import torch
+    except ImportError:
+        _numpy_bert(config, out, np.random.default_rng(0))
+    else:
+        torch.manual_seed(0)
+        transformers.BertModel(config).save_pretrained(out, safe_serialization=True)
     transformers.AutoTokenizer.from_pretrained(minilm_path).save_pretrained(out)
     return out
+
+
+def _numpy_bert(config, out: pathlib.Path, rng: np.random.Generator) -> None:
+    """``config.json`` + ``model.safetensors`` of a random ``BertModel``, drawn as its
+    ``_init_weights`` draws (matrices and embeddings N(0, 0.02), the padding row and biases 0,
+    LayerNorm scales 1) and keyed by jaxembed's weight table, whose agreement with
+    transformers the torch lane's parity tests check."""
+    from jaxembed.models.config import EncoderConfig
+    from jaxembed.models.model_files import write_safetensors
+    from jaxembed.models.weights import param_table
+
+    config.save_pretrained(out)
+    state = {}
+    for row in param_table(EncoderConfig.from_hf_dict(config.to_dict())):
+        key, shape = row.hf_key, row.hf_shape
+        if key.endswith("bias"):
+            state[key] = np.zeros(shape, np.float32)
+        elif "LayerNorm" in key:
+            state[key] = np.ones(shape, np.float32)
+        else:
+            state[key] = (0.02 * rng.standard_normal(shape)).astype(np.float32)
+    state["embeddings.word_embeddings.weight"][config.pad_token_id] = 0.0  # padding_idx row
+    write_safetensors(state, out / "model.safetensors")

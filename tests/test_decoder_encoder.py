@@ -22,6 +22,7 @@ from _decoder_refs import (
     save_tokenizer,
     torch_token_prepending,
 )
+from _optional import needs_torch
 
 from jaxembed.models.decoder import PROMPTS, add_placeholder_row, presets
 from jaxembed.models.decoder.attention import choose_implementation
@@ -95,6 +96,7 @@ def qwen_st(tmp_path_factory, qwen_dir):
 
 
 def test_st_folder_last_token_with_query_prompt_and_its_export(qwen_st, tmp_path, rng):
+    needs_torch()  # sentence-transformers requires torch
     from sentence_transformers import SentenceTransformer
 
     enc = Encoder.from_pretrained(qwen_st)
@@ -127,6 +129,7 @@ def test_st_folder_last_token_with_query_prompt_and_its_export(qwen_st, tmp_path
 
 
 def test_gemma3_bidirectional_mean_without_the_prompt_exports(tmp_path, rng):
+    needs_torch()  # sentence-transformers requires torch
     from sentence_transformers import SentenceTransformer
 
     build("gemma3_bidirectional", tmp_path / "hf", int(rng.integers(2**31)), vocab_size=320)
@@ -188,7 +191,7 @@ def test_token_prepending_through_encode_matches_the_official_algorithm(tmp_path
     """Llama-2 style (BOS, no pad token, <PST> absent): the official code's tokenizer
     surgery, sentence normalisation, left padding and forward pre-hooks in torch, against
     ``Encoder.encode`` with either padding side."""
-    import torch
+    from _optional import torch
 
     ref = build("llama_llama3", tmp_path / "hf", int(rng.integers(2**31)), vocab_size=320)
     save_tokenizer(tmp_path / "hf", "llama", padding_side="left")
@@ -228,6 +231,7 @@ def test_token_prepending_through_encode_matches_the_official_algorithm(tmp_path
 
 
 def test_encoder_prompts_follow_sentence_transformers(tiny_bert_dir, tmp_path, rng):
+    needs_torch()  # sentence-transformers requires torch
     from sentence_transformers import SentenceTransformer
 
     enc = Encoder.from_pretrained(tiny_bert_dir, include_prompt=False,
@@ -361,7 +365,7 @@ def test_every_family_loads_from_sharded_bf16_and_exports_for_transformers(name,
     forward's parity is ``test_decoder_parity``'s."""
     import sys
 
-    import torch
+    from _optional import torch
 
     ref = build(name, tmp_path / "hf", int(rng.integers(2**31)))
     ref.to(torch.bfloat16).save_pretrained(tmp_path / "bf16", max_shard_size="20KB")

@@ -179,7 +179,9 @@ def test_bf16_norms_and_embedding_scale_round_exactly_as_transformers(rng):
 
     Stress run (200 seeds): at most 1 of 2048 norm outputs differed, by one bf16 ulp (the
     float32 mean of squares is summed in another order), so >= 99% must match exactly."""
-    import torch
+    from _optional import needs_torch, torch
+
+    needs_torch()
     from transformers.models.gemma2.modeling_gemma2 import (
         Gemma2RMSNorm,
         Gemma2TextScaledWordEmbedding,

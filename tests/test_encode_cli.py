@@ -47,6 +47,9 @@ def _corpus(path, good, bad_at):
 
 
 def _st_encode(minilm_path, texts, **kwargs):
+    from _optional import needs_torch
+
+    needs_torch()  # sentence-transformers requires torch
     from sentence_transformers import SentenceTransformer
 
     return SentenceTransformer(str(minilm_path), device="cpu").encode(

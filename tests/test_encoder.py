@@ -8,7 +8,7 @@ import json
 import jax
 import numpy as np
 import pytest
-import torch
+from _optional import needs_torch, torch
 import transformers
 
 from jaxembed.models import buckets
@@ -26,6 +26,7 @@ def random_texts(rng, n, *, max_words=20):
 
 def torch_embed(folder, texts, *, pooling, normalize, max_length=128):
     """Reference: HF tokenizer (pad to longest) + transformers BertModel, float64 pooling."""
+    needs_torch()
     tok = transformers.AutoTokenizer.from_pretrained(str(folder))
     model = transformers.AutoModel.from_pretrained(str(folder)).eval()
     b = tok(texts, padding=True, truncation=True, max_length=max_length, return_tensors="pt")
@@ -164,6 +165,7 @@ def test_progress_bar(tiny, capsys, rng):
 def test_export_reloads_in_jaxembed_transformers_and_sentence_transformers(
     tiny, tiny_bert_dir, tmp_path, rng, pooling, normalize
 ):
+    needs_torch()  # sentence-transformers and transformers' models require torch
     from sentence_transformers import SentenceTransformer
 
     # perturb the weights so the export must write our params, not copy the source files
@@ -200,6 +202,7 @@ def test_export_reloads_in_jaxembed_transformers_and_sentence_transformers(
 
 def test_minilm_matches_sentence_transformers(minilm_path, shared_data):
     """all-MiniLM-L6-v2, no extra arguments, == SentenceTransformer.encode on 250 STS-B sentences."""
+    needs_torch()  # sentence-transformers requires torch
     from sentence_transformers import SentenceTransformer
 
     sents = []

@@ -7,7 +7,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import numpy as np
-import torch
+from _optional import torch
 
 from jaxembed.losses import l2_normalize
 

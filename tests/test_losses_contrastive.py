@@ -5,7 +5,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-import torch
+from _optional import torch
 from _loss_refs import (
     info_nce_temperature_grad_scale,
     np_info_nce,

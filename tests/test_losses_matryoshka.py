@@ -4,7 +4,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-import torch
+from _optional import torch
 from _loss_refs import np_info_nce, np_normalize, rel_err, torch_grad, torch_info_nce
 
 from jaxembed.losses import info_nce, matryoshka, matryoshka_2d

@@ -4,7 +4,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-import torch
+from _optional import torch
 from _loss_refs import np_normalize, rel_err, torch_grad
 
 from jaxembed.losses import alignment, distill_mse, pair_features, uniformity

@@ -26,7 +26,9 @@ SENTENCES = [
 def _perturbed_copy(src, dst, seed, *, scale=0.02, config=None):
     """``src`` (HF BERT folder) with every weight moved by N(0, scale²) noise, or a fresh
     random model with ``config`` changes, plus ``src``'s tokenizer files."""
-    import torch
+    from _optional import needs_torch, torch
+
+    needs_torch()  # transformers' models require torch
     import transformers
 
     shutil.copytree(src, dst)
@@ -86,6 +88,9 @@ def _run(capsys, *args):
 def test_task_arithmetic_folder_loads_in_transformers_with_the_float64_weights(
     folders, tmp_path, capsys
 ):
+    from _optional import needs_torch
+
+    needs_torch()  # sentence-transformers requires torch
     from sentence_transformers import SentenceTransformer
 
     out_dir = tmp_path / "merged"

@@ -29,6 +29,9 @@ def folder(tmp_path, tiny_bert_dir):
 @pytest.fixture(scope="module")
 def sharded_dir(tmp_path_factory, tiny_bert_dir):
     """The tiny BERT saved as several safetensors shards with an index."""
+    from _optional import needs_torch
+
+    needs_torch()  # transformers' models require torch
     out = tmp_path_factory.mktemp("sharded")
     transformers.BertModel.from_pretrained(tiny_bert_dir).save_pretrained(out, max_shard_size="1MB")
     for name in os.listdir(tiny_bert_dir):
@@ -104,7 +107,9 @@ def test_config_fields_are_normalised():
 def test_vocab_smaller_than_the_tokenizer_is_refused(tmp_path, tiny_bert_dir):
     """A model with 1000 embedding rows and a 30522-id tokenizer would index past the table
     (NaN or garbage embeddings). Refused at load, and when such a pair is put together."""
-    import torch
+    from _optional import needs_torch, torch
+
+    needs_torch()  # transformers' models require torch
 
     torch.manual_seed(0)
     config = transformers.BertConfig(

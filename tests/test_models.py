@@ -3,6 +3,7 @@ dropout, bf16, remat, heads. Tiny random models built offline from HF configs.""
 
 from __future__ import annotations
 
+import functools
 import json
 
 import flax.linen as nn
@@ -10,7 +11,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-import torch
+from _optional import torch
 import transformers
 
 from jaxembed.models.config import EncoderConfig
@@ -392,3 +393,266 @@ def test_bf16_safetensors_load_exactly_without_torch(tmp_path, rng):
     assert set(got) == set(want) - {"embeddings.position_ids"}
     for k, v in got.items():
         np.testing.assert_array_equal(v, want[k], err_msg=k)
+
+
+# ----------------------------------------------------------------------------- issue #15:
+# embedding lookups and attention implementations that compute the same function
+
+def random_encoder(rng, model_type="bert", **module_kw):
+    """A 2-layer random ``TransformerEncoder`` (parameters perturbed so LayerNorms and
+    biases are not trivial) and a batch: right-padded rows of lengths 12, 5, 7 and one
+    all-pad row. Returns ``(module, params, ids, mask, types)``."""
+    from jaxembed.models.transformer import TransformerEncoder
+
+    cfg = EncoderConfig(model_type=model_type, vocab_size=97, hidden_size=32,
+                        num_hidden_layers=2, num_attention_heads=4, intermediate_size=48,
+                        max_position_embeddings=66, type_vocab_size=2)
+    lengths = np.array([12, 5, 7, 0])
+    mask = (np.arange(12)[None] < lengths[:, None]).astype(np.int32)
+    ids = np.where(mask == 1, rng.integers(3, 97, size=mask.shape), cfg.pad_token_id)
+    types = rng.integers(0, 2, size=mask.shape) * mask
+    ids, types = ids.astype(np.int32), types.astype(np.int32)
+    module = TransformerEncoder(cfg, **module_kw)
+    params = nn.meta.unbox(module.init(jax.random.key(0), ids, mask, types))["params"]
+    params = jax.tree.map(
+        lambda p: p + 0.1 * rng.standard_normal(p.shape).astype(np.float32), params)
+    return module, params, ids, mask, types
+
+
+def test_lookup_rows_equal_flax_embed_and_sum_gradients_exactly(rng):
+    """Every ``lookup_rows`` method gives ``flax.linen.Embed``'s rows (the pre-#15 path)
+    bit for bit, ids from the end and out-of-range NaN rows included; ``"take"`` and
+    ``"cast_take"`` have its gradient bit for bit, and every gradient is the float64
+    scatter-add within the float32 summation bound ``eps * n_v * sum_v |g|`` (``n_v``
+    ids of row ``v``, any summation order; a factor 2 over the first-order bound)."""
+    from jaxembed.models.transformer import lookup_rows
+
+    V, H = 7, 5
+    table = rng.standard_normal((V, H)).astype(np.float32)
+    ids = rng.integers(0, V, size=(6, 9)).astype(np.int32)
+    ids[0, :4] = [-1, -V, V, -V - 1]  # from the end, from the end, out, out
+    cot = rng.standard_normal(ids.shape + (H,)).astype(np.float32)
+    embed = nn.Embed(V, H)
+    old_rows, old_vjp = jax.vjp(lambda t: embed.apply({"params": {"embedding": t}}, ids), table)
+    (old_grad,) = old_vjp(cot)
+    valid = (ids >= -V) & (ids < V)
+    rows_of = ids[valid] % V
+    want_grad, abs_sum, count = np.zeros((V, H)), np.zeros((V, H)), np.zeros((V, 1))
+    np.add.at(want_grad, rows_of, cot[valid].astype(np.float64))
+    np.add.at(abs_sum, rows_of, np.abs(cot[valid]).astype(np.float64))
+    np.add.at(count, rows_of, 1)
+    assert np.isnan(np.asarray(old_rows)[0, 2:4]).all()
+    for method in ("take", "onehot", "cast_take"):
+        rows, vjp = jax.vjp(
+            lambda t: lookup_rows(t, jnp.asarray(ids), method=method, dtype=jnp.float32), table)
+        (grad,) = vjp(jnp.asarray(cot))
+        np.testing.assert_array_equal(rows, old_rows, err_msg=method)
+        if method != "onehot":
+            np.testing.assert_array_equal(grad, old_grad, err_msg=method)
+        bound = np.finfo(np.float32).eps * count * abs_sum
+        assert (np.abs(np.asarray(grad, np.float64) - want_grad) <= bound).all(), method
+    # compute dtype: "take"/"onehot" stay float32 (cast later), "cast_take" is Embed(dtype)
+    for method in ("take", "onehot"):
+        assert lookup_rows(table, ids, method=method, dtype=jnp.bfloat16).dtype == jnp.float32
+    old16 = nn.Embed(V, H, dtype=jnp.bfloat16).apply({"params": {"embedding": table}}, ids)
+    new16 = lookup_rows(table, ids, method="cast_take", dtype=jnp.bfloat16)
+    assert new16.dtype == jnp.bfloat16
+    np.testing.assert_array_equal(new16.astype(jnp.float32), old16.astype(jnp.float32))
+    # a one-row table is broadcast whatever the id, as flax.linen.Embed does
+    one = table[:1]
+    old_one = nn.Embed(1, H).apply({"params": {"embedding": one}}, ids)
+    for method in ("take", "onehot", "cast_take"):
+        got = lookup_rows(one, ids, method=method, dtype=jnp.float32)
+        np.testing.assert_array_equal(got, old_one, err_msg=method)
+    with pytest.raises(ValueError, match="unknown embedding lookup 'gather'"):
+        lookup_rows(table, ids, method="gather")
+
+
+@pytest.mark.parametrize("model_type", ["bert", "roberta"])
+def test_embedding_lookups_keep_the_float32_encoder_exact(model_type, rng):
+    """In float32 every ``embedding_lookup`` computes the pre-#15 embedding sum
+    (``"cast_take"``, i.e. ``flax.linen.Embed``) bit for bit, jitted. The tables'
+    gradients (the VJP of that sum for a cotangent ``g``) equal the float64 scatter-add
+    of ``g`` within the float32 summation bound, ``"take"``'s the old ones bit for bit.
+    The whole encoder's jitted outputs agree within 2e-6: XLA fuses the LayerNorm after
+    the sum differently per lookup and may reorder its float32 reductions (measured
+    <= 9.6e-7 over 10 seeds, outputs of magnitude <= ~4, i.e. a few ulp)."""
+    from jaxembed.models.transformer import Embeddings, LayerNorm
+
+    module, params, ids, mask, types = random_encoder(rng, model_type)
+    cfg, emb = module.config, params["embeddings"]
+    tables = {k: emb[k]["embedding"] for k in
+              ("word_embeddings", "position_embeddings", "token_type_embeddings")}
+    cot = rng.standard_normal(ids.shape + (cfg.hidden_size,)).astype(np.float32)
+
+    def skip_layernorm(next_fun, args, kwargs, context):
+        if isinstance(context.module, LayerNorm) and context.method_name == "__call__":
+            return args[0]
+        return next_fun(*args, **kwargs)
+
+    @functools.partial(jax.jit, static_argnums=1)
+    def summed(tables, lookup):
+        def f(tables):
+            p = {**emb, **{k: {"embedding": t} for k, t in tables.items()}}
+            with nn.intercept_methods(skip_layernorm):
+                return Embeddings(cfg, embedding_lookup=lookup).apply(
+                    {"params": p}, ids, types, deterministic=True)
+
+        out, vjp = jax.vjp(f, tables)
+        return out, vjp(jnp.asarray(cot))[0]
+
+    forward = jax.jit(lambda m: m.apply({"params": params}, ids, mask, types).last_hidden_state,
+                      static_argnums=0)
+    old_sum, old_grads = summed(tables, "cast_take")
+    old_out = forward(module.clone(embedding_lookup="cast_take"))
+    if model_type == "bert":
+        positions = np.broadcast_to(np.arange(ids.shape[1]), ids.shape)
+    else:
+        not_pad = (ids != cfg.pad_token_id).astype(np.int64)
+        positions = np.cumsum(not_pad, axis=1) * not_pad + cfg.pad_token_id
+    table_ids = {"word_embeddings": ids, "position_embeddings": positions,
+                 "token_type_embeddings": types}
+    g = cot.reshape(-1, cfg.hidden_size).astype(np.float64)
+    for lookup in ("auto", "take", "onehot"):
+        total, grads = summed(tables, lookup)
+        np.testing.assert_array_equal(total, old_sum, err_msg=lookup)
+        out = forward(module.clone(embedding_lookup=lookup))
+        np.testing.assert_allclose(out, old_out, atol=2e-6, rtol=0, err_msg=lookup)
+        for name, leaf in grads.items():
+            if lookup == "take":
+                np.testing.assert_array_equal(leaf, old_grads[name], err_msg=name)
+                continue
+            rows = table_ids[name].reshape(-1)
+            want, abs_sum = np.zeros(leaf.shape), np.zeros(leaf.shape)
+            count = np.bincount(rows, minlength=leaf.shape[0])[:, None]
+            np.add.at(want, rows, g)
+            np.add.at(abs_sum, rows, np.abs(g))
+            bound = np.finfo(np.float32).eps * count * abs_sum
+            err = np.abs(np.asarray(leaf, np.float64) - want)
+            assert (err <= bound).all(), (lookup, name, float((err - bound).max()))
+
+
+def test_bf16_embeddings_round_once(rng):
+    """Under bf16 compute the embedding sum and its LayerNorm run in float32 and round
+    once: the bf16 embedding output is the float32 one cast to bf16, bit for bit (as
+    PyTorch AMP's float32 embeddings), where the pre-#15 path (``"cast_take"``) rounds
+    each row and each partial sum to bf16 first."""
+    module, params, ids, mask, types = random_encoder(rng)
+
+    def embedded(**kw):
+        m = module.clone(**kw)
+        fn = jax.jit(lambda p: m.apply({"params": p}, ids, mask, types,
+                                       output_hidden_states=True).hidden_states[0])
+        return np.asarray(fn(params).astype(jnp.float32))
+
+    want = embedded().astype(jnp.bfloat16).astype(np.float32)
+    np.testing.assert_array_equal(embedded(dtype=jnp.bfloat16), want)
+    old = embedded(dtype=jnp.bfloat16, embedding_lookup="cast_take")
+    assert (old != want).any()
+
+
+def test_dot_product_attention_equals_the_einsum_path(rng):
+    """``jax.nn.dot_product_attention`` (XLA, with the mask or with sequence lengths)
+    gives the einsum path's outputs within 1e-6 in float32 (a few ulp: another
+    reduction order), an all-pad row included; with the mask it also takes left padding."""
+    module, params, ids, mask, types = random_encoder(rng)
+    left = mask[:, ::-1].copy()
+
+    def hidden(m, mask):
+        fn = jax.jit(lambda p: m.apply({"params": p}, ids, mask, types,
+                                       output_hidden_states=True).hidden_states)
+        return [np.asarray(h) for h in fn(params)]
+
+    # ("auto" is "xla" on a CPU: test_attention_path_falls_back_to_einsum_...)
+    for msk, variants in ((mask, [("xla", False), ("xla", True)]), (left, [("xla", False)])):
+        want = hidden(module.clone(attention="einsum"), msk)
+        assert all(np.isfinite(h).all() for h in want)
+        for attention, right_padded in variants:
+            got = hidden(module.clone(attention=attention, right_padded=right_padded), msk)
+            for g, w in zip(got, want):
+                np.testing.assert_allclose(g, w, atol=1e-6, rtol=0,
+                                           err_msg=f"{attention} right_padded={right_padded}")
+
+
+def test_attention_path_falls_back_to_einsum_under_attention_dropout(rng, monkeypatch):
+    """Training with attention dropout takes the einsum path (``dot_product_attention``
+    has no dropout); inference, or a rate of 0, calls ``jax.nn.dot_product_attention``
+    once per layer (with lengths when ``right_padded``); ``"auto"`` picks cuDNN only on
+    a GPU for bf16/fp16, right padding and head sizes it supports."""
+    import dataclasses
+
+    from jaxembed.models import transformer
+
+    module, params, ids, mask, types = random_encoder(rng)
+    calls = []
+    real = jax.nn.dot_product_attention
+
+    def spy(*args, **kwargs):
+        calls.append(kwargs)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(jax.nn, "dot_product_attention", spy)
+    no_attention_dropout = dataclasses.replace(module.config, attention_probs_dropout_prob=0.0)
+
+    def count(m, deterministic):
+        calls.clear()
+        rngs = {"dropout": jax.random.key(1)}
+        jax.eval_shape(lambda p: m.apply({"params": p}, ids, mask, types,
+                                         deterministic=deterministic, rngs=rngs), params)
+        return [(c["implementation"], "key_value_seq_lengths" in c, "mask" in c) for c in calls]
+
+    assert count(module, True) == [("xla", False, True)] * 2          # inference
+    assert count(module, False) == []                                  # dropout 0.1: einsum
+    assert count(module.clone(config=no_attention_dropout), False) == [("xla", False, True)] * 2
+    assert count(module.clone(attention="einsum"), True) == []
+    assert count(module.clone(right_padded=True), True) == [("xla", True, False)] * 2
+    assert count(module.clone(attention="cudnn"), False) == []         # dropout wins
+
+    path = transformer.attention_path
+    kw = dict(dropout_active=False, right_padded=True, head_dim=64, dtype=jnp.bfloat16)
+    assert path("auto", **kw) == "xla"  # on this CPU
+    monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+    assert path("auto", **kw) == "cudnn"
+    assert path("auto", **{**kw, "dtype": jnp.float32}) == "xla"
+    assert path("auto", **{**kw, "right_padded": False}) == "xla"
+    assert path("auto", **{**kw, "head_dim": 12}) == "xla"
+    assert path("auto", **{**kw, "head_dim": 256}) == "xla"
+    assert path("auto", **{**kw, "dropout_active": True}) == "einsum"
+    assert path("xla", **kw) == "xla" and path("einsum", **kw) == "einsum"
+    with pytest.raises(ValueError, match="unknown attention 'flash'"):
+        path("flash", **kw)
+    with pytest.raises(ValueError, match="unknown embedding_lookup 'gather'"):
+        module.clone(embedding_lookup="gather").init(jax.random.key(0), ids, mask)
+
+
+@pytest.mark.parametrize("lookup", ["auto", "cast_take"])
+def test_bf16_train_step_has_no_bf16_scatter(lookup, rng):
+    """The mixed-precision train step's program (the HLO XLA gets on any backend) has no
+    bf16 ``scatter`` with the default ``embedding_lookup``: every embedding gradient is
+    a float32 scatter-add, a matmul or a pad. The pre-#15 lookup (``"cast_take"``,
+    ``flax.linen.Embed(dtype=bf16)``) has one per table, so the test can fail."""
+    import re
+
+    from jaxembed.train import sharding as shd
+    from jaxembed.train.config import TrainConfig
+    from jaxembed.train.objectives import build_objective
+    from jaxembed.train.state import make_optimizer
+    from jaxembed.train.step import build_train_step
+
+    module, params, ids, mask, types = random_encoder(rng, embedding_lookup=lookup)
+    enc = Encoder(module=module.clone(dtype=jnp.bfloat16), params=params,
+                  pooling="cls_before_pooler")
+    cfg = TrainConfig(objective="simcse_unsup", batch_size=4, max_length=12,
+                      mixed_precision=True)
+    tx, schedule = make_optimizer(learning_rate=1e-5, total_steps=10)
+    mesh = shd.make_mesh(devices=jax.devices()[:1])
+    state, step = build_train_step(enc, build_objective(cfg, enc), tx, schedule, mesh)
+    batch = shd.shard_batch({"input_ids": ids[:, None], "attention_mask": mask[:, None],
+                             "token_type_ids": types[:, None]}, mesh)
+    hlo = step.lower(state, batch).as_text(dialect="hlo")
+    scatters = re.findall(r"= (\w+)\[([\d,]*)\][^ ]* scatter\(", hlo)
+    bf16 = sorted({shape for dtype, shape in scatters if dtype == "bf16"})
+    if lookup == "auto":
+        assert bf16 == [] and ("f32", "97,32") in scatters  # the word table, float32
+    else:  # word, position and token-type tables
+        assert bf16 == ["2,32", "66,32", "97,32"]

@@ -114,7 +114,10 @@ def test_plan_on_v5p_2x2x1(small_model, tmp_path, capsys):
     assert 0.8 * data["flops_per_step"] < fsdp["flops_per_step"] < data["flops_per_step"]
     # params + AdamW moments: ~25 MiB replicated, a quarter of the embedding part with fsdp=4
     assert fsdp["argument_bytes"] < 0.4 * data["argument_bytes"]
-    assert fsdp["per_chip_bytes"] < 0.6 * data["per_chip_bytes"]
+    # temporaries: the embedding rows are gathered from the float32 table (issue #15.3:
+    # no bf16 scatter-add gradients), so fsdp=4 all-gathers it in float32, 2x the bf16
+    # copy flax Embed(dtype=bf16) gathered: 0.62x here against 0.52x before (+4.4 MiB)
+    assert fsdp["per_chip_bytes"] < 0.65 * data["per_chip_bytes"]
     assert fsdp["largest_params"][0]["spec"] == "P(None, 'fsdp')"
     assert data["mesh"] == {"data": 4, "fsdp": 1} and fsdp["mesh"] == {"data": 1, "fsdp": 4}
 

@@ -314,3 +314,37 @@ def test_lora_memory_benchmark_counts_adapter_state_only(capsys):
     assert low["trained_params"] == 2 * 8 * ((h + q) * 2 + (h + kv) * 2 + (h + m) * 3)
     assert low["step_argument_bytes"] >= 4 * low["base_params"] + low["opt_state_bytes"]
     assert low["step_alias_bytes"] < full["step_alias_bytes"]
+
+
+def test_embedding_grad_benchmark_and_variants(tmp_path, capsys):
+    """``benchmarks/embedding_grad.py`` (``gpu.sh investigate``'s first part) on tiny
+    shapes: a row per table x dtype and per lookup, each case's ratio to its reference,
+    a PTX grep that reports finding no files on a CPU; and ``train_step``'s variant
+    options parsed as ``gpu.sh`` passes them."""
+    from benchmarks import embedding_grad
+
+    argv = ["--hidden", "8", "--batch", "2", "--seq-len", "4", "--repeats", "1",
+            "--ptx-dir", str(tmp_path), "--out", str(tmp_path)]
+    assert embedding_grad.main(argv) == 0
+    rows = json_lines(capsys.readouterr().out)
+    scatters = {(r["table"], r["dtype"]): r for r in rows if r["bench"] == "embedding_scatter"}
+    assert set(scatters) == {(t, d) for t in ("word", "position", "type")
+                             for d in ("bfloat16", "float32")}
+    for (table, dtype), r in scatters.items():
+        ref = scatters[table, "bfloat16"]["ms"]
+        assert r["ms"] > 0 and r["vs_bf16"] == pytest.approx(ref / r["ms"])
+        assert r["tokens"] == 2 * 2 * 4
+    lookups = {r["lookup"] for r in rows if r["bench"] == "embedding_lookup"}
+    assert lookups == set(embedding_grad.LOOKUPS)
+    assert rows[-1] == {"bench": "embedding_scatter_ptx", "ptx_files": 0, "backend": "cpu",
+                        "tag": ""}
+    (tmp_path / "module_0001.jit_scatter_type_bfloat16.ptx").write_text(
+        "atom.global.cas.b32 %r1, [%rd1], %r2, %r3;\natom.global.cas.b32 x;\n")
+    assert embedding_grad.grep_ptx(tmp_path) == [
+        {"table": "type", "dtype": "bfloat16", "file": "module_0001.jit_scatter_type_bfloat16.ptx",
+         "atom_cas": 2, "atom_add": 0}]
+    args = train_step.parse_args(["--dropout", "0.1/0,0", "--attention", "xla,cudnn",
+                                  "--embedding-lookup", "auto,cast_take"])
+    assert args.dropout == [(0.1, 0.0), (0.0, 0.0)]
+    assert args.attention == ["xla", "cudnn"] and args.embedding_lookup == ["auto", "cast_take"]
+    assert train_step.parse_args([]).dropout == [None]
