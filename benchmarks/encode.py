@@ -27,7 +27,7 @@ import pathlib
 import statistics
 import time
 
-from benchmarks.harness import emit, machine
+from benchmarks.harness import ab_rounds, emit, machine
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -95,17 +95,12 @@ def main() -> None:
     max_diff = float(np.abs(a - b).max())
 
     jax_rates, st_rates, ratios, cpu_ratios = [], [], [], []
-    for r in range(1, args.rounds + 1):
-        order = (run_jax, run_st) if r % 2 else (run_st, run_jax)  # alternate who goes first
-        times, cpu = {}, {}
-        for fn in order:
-            t, c = time.perf_counter(), time.process_time()
-            fn(slices[r])
-            times[fn], cpu[fn] = time.perf_counter() - t, time.process_time() - c
-        jax_rates.append(args.n / times[run_jax])
-        st_rates.append(args.n / times[run_st])
-        ratios.append(times[run_st] / times[run_jax])
-        cpu_ratios.append(cpu[run_st] / cpu[run_jax])
+    for r, (wall_jax, wall_st, cpu_jax, cpu_st) in enumerate(
+            ab_rounds(run_jax, run_st, slices[1:]), start=1):
+        jax_rates.append(args.n / wall_jax)
+        st_rates.append(args.n / wall_st)
+        ratios.append(wall_st / wall_jax)
+        cpu_ratios.append(cpu_st / cpu_jax)
         emit(
             {
                 "round": r,

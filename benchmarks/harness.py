@@ -88,6 +88,24 @@ def interleave(cases: dict[str, Callable[[], Any]], *, repeats: int,
     return times
 
 
+def ab_rounds(a: Callable[[Any], Any], b: Callable[[Any], Any],
+              inputs: list) -> list[tuple[float, float, float, float]]:
+    """Time ``a(x)`` and ``b(x)`` on each ``x`` of ``inputs`` (one round per input, both on
+    the same input, who goes first alternating: ``a`` in odd rounds counting from 1). Returns
+    per round ``(a_wall_s, b_wall_s, a_cpu_s, b_cpu_s)``, CPU time being this process's
+    ``time.process_time`` (less sensitive than wall time to a machine shared with other
+    jobs). Both must block until their work is done."""
+    rounds = []
+    for r, x in enumerate(inputs, start=1):
+        wall, cpu = {}, {}
+        for name, fn in (("a", a), ("b", b)) if r % 2 else (("b", b), ("a", a)):
+            t, c = time.perf_counter(), time.process_time()
+            fn(x)
+            wall[name], cpu[name] = time.perf_counter() - t, time.process_time() - c
+        rounds.append((wall["a"], wall["b"], cpu["a"], cpu["b"]))
+    return rounds
+
+
 def emit(row: dict, out: str | os.PathLike | None = None) -> dict:
     """Print ``row`` as one JSON line (flushed) and append it to ``out`` if given."""
     line = json.dumps(row)

@@ -15,7 +15,8 @@ import subprocess
 import sys
 
 NAMES = ("losses", "encode", "train_step", "align", "scaling", "grad_cache", "gemm",
-         "dispatch_gap", "lora_memory", "embedding_grad", "profile_top", "plan_table")
+         "dispatch_gap", "lora_memory", "embedding_grad", "profile_top", "plan_table",
+         "decoder_encode")
 
 
 def _checkout() -> pathlib.Path:

@@ -189,3 +189,76 @@ def assert_close(actual, expected, *, rtol: float, what: str) -> None:
     scale = max(1.0, float(np.abs(expected).max()))
     err = float(np.abs(actual - expected).max())
     assert err <= rtol * scale, f"{what}: max error {err:.3g} > {rtol} x {scale:.3g}"
+
+
+# ----------------------------------------------------------------------------- Encoder tests
+TOKENIZER_WORDS = (
+    "the a man woman dog plays guitar slices onion river bank quickly under over red blue "
+    "jumps runs happily zebra quantum xylophone this sentence means in one word query find "
+    "passage instruct thinking step by"
+).split()
+
+# family style -> (special tokens, post-processor template, pad token)
+TOKENIZER_STYLES = {
+    # Qwen3-Embedding: EOS appended by the post-processor, EOS doubles as pad
+    "qwen": (["<|endoftext|>"], "$A <|endoftext|>", "<|endoftext|>"),
+    # Llama 2: BOS prepended, no pad token
+    "llama": (["<s>", "</s>"], "<s> $A", None),
+    # Gemma: BOS prepended, a pad token
+    "gemma": (["<pad>", "<eos>", "<bos>"], "<bos> $A", "<pad>"),
+}
+
+
+def save_tokenizer(folder, style: str, *, vocab_size: int = 320, padding_side: str = "left"):
+    """A byte-level BPE tokenizer trained on ``TOKENIZER_WORDS`` (any text tokenises) in the
+    special-token style of a family, saved to ``folder``; returns it reloaded."""
+    import transformers
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+
+    specials, template, pad = TOKENIZER_STYLES[style]
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=specials,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+                                  show_progress=False)
+    tok.train_from_iterator([" ".join(TOKENIZER_WORDS)] * 20, trainer)
+    tok.post_processor = processors.TemplateProcessing(
+        single=template, special_tokens=[(t, tok.token_to_id(t)) for t in specials])
+    bos = {"llama": "<s>", "gemma": "<bos>"}.get(style)
+    eos = {"qwen": "<|endoftext|>", "llama": "</s>", "gemma": "<eos>"}[style]
+    fast = transformers.PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token=bos, eos_token=eos, pad_token=pad,
+        padding_side=padding_side)
+    fast.save_pretrained(folder)
+    return transformers.AutoTokenizer.from_pretrained(folder)
+
+
+def official_tp_texts(sentences, template: str) -> list[str]:
+    """The official Token Prepending batcher's text preparation, written out from its
+    description (evaluate.py): end the sentence with '.' unless it ends in . ? " ',
+    replace double quotes by single ones, a final '?' becomes '.', then put it in the
+    template (``*sent 0*`` there, ``{text}`` here)."""
+    out = []
+    for s in sentences:
+        if len(s) > 0 and s[-1] not in ".?\"'":
+            s = s + "."
+        s = s.replace('"', "'")
+        if s.endswith("?"):
+            s = s[:-1] + "."
+        out.append(template.replace("{text}", s).strip())
+    return out
+
+
+def hf_pooled(model, tokenizer, texts, *, pooling: str, prompt_tokens: int = 0) -> np.ndarray:
+    """float64 reference embeddings from a transformers base model, each text run alone (no
+    padding at all): ``last_token`` or ``mean`` without the first ``prompt_tokens`` tokens."""
+    from _optional import torch
+
+    rows = []
+    for text in texts:
+        ids = torch.tensor([tokenizer(text)["input_ids"]])
+        with torch.no_grad():
+            h = model(input_ids=ids).last_hidden_state[0].double().numpy()
+        rows.append(h[-1] if pooling == "last_token" else h[prompt_tokens:].mean(axis=0))
+    return np.stack(rows)

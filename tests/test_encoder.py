@@ -292,8 +292,9 @@ def test_micro_batching_only_on_cpu_by_default(tiny, rng, monkeypatch):
 
     ids = np.ones((16, 128), np.int32)
     for tokens, loops in ((1024, True), (0, False)):
-        step = inference.EncodeStep(tiny.module, "mean", False, tokens)
-        jaxpr = str(jax.make_jaxpr(step.fn)(tiny.params, ids, ids, np.zeros_like(ids)))
+        step = inference.EncodeStep(tiny.module, tiny.spec, tokens)
+        batch = {"input_ids": ids, "attention_mask": ids, "token_type_ids": np.zeros_like(ids)}
+        jaxpr = str(jax.make_jaxpr(step.fn)(tiny.params, batch))
         assert ("scan" in jaxpr or "while" in jaxpr) == loops
     texts = random_texts(rng, 19, max_words=30)
     np.testing.assert_allclose(

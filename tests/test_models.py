@@ -86,6 +86,8 @@ def ref_pool(hs, pooler_output, mask, method):
         m = m.copy()
         m[:, 0] = 0
         return (top * m).sum(1) / m.sum(1)
+    if method == "last_token":  # right padding: the row's last real token ([SEP])
+        return hs[-1][np.arange(len(mask)), mask.sum(1) - 1]
     raise AssertionError(method)
 
 

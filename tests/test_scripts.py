@@ -278,6 +278,26 @@ def test_scaling_replots_the_saved_sweep(tmp_path, capsys):
     assert {r["sweep"] for r in rows} == {"batch", "devices"}
 
 
+def test_decoder_encode_benchmark_runs_at_tiny_size(tmp_path, capsys):
+    """``benchmarks/decoder_encode.py`` end to end on a tiny random Qwen3: both sides embed
+    the same sentences (they agree), every shape compiled up front, one JSON line per round
+    and one result line, also appended to ``--out``."""
+    from benchmarks import decoder_encode
+
+    out = tmp_path / "decoder.jsonl"
+    assert decoder_encode.main(["--size", "tiny", "--n", "16", "--rounds", "1",
+                                "--batch-size", "16", "--max-length", "32",
+                                "--out", str(out)]) == 0
+    rows = json_lines(capsys.readouterr().out)
+    assert [r.get("round") for r in rows[:-1]] == [1]
+    result = rows[-1]
+    assert result["benchmark"] == "decoder_encode" and result["params"] > 0
+    assert result["jaxembed_sent_per_s"] > 0 and result["transformers_sent_per_s"] > 0
+    assert result["traces_after_precompile"] == 0
+    assert result["max_abs_diff"] < 1e-5  # same model, same pooling: float32 agreement
+    assert json_lines(out.read_text()) == rows
+
+
 def test_lora_memory_benchmark_counts_adapter_state_only(capsys):
     """``benchmarks/lora_memory.py`` on the tiny Qwen3: AdamW's state is two moments of
     what is trained (+ two int32 step counts), so LoRA's is two adapter copies; the LoRA

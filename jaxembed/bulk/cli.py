@@ -35,14 +35,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--field", metavar="NAME",
                         help="read --input as JSONL and encode this string field")
     parser.add_argument("--prompt", metavar="TEXT",
-                        help="prepended to every text, as SentenceTransformer.encode(prompt=)")
+                        help="prepended to every text, as SentenceTransformer.encode(prompt=), "
+                        "or a template with {text} (default: the model's default prompt)")
     parser.add_argument("--batch-size", type=positive_int, default=128)
     parser.add_argument("--rows-per-shard", type=positive_int, default=65536,
                         help="rows per .npy shard (default 65536); also the resume granularity")
     parser.add_argument("--max-length", type=positive_int, default=None,
                         help="truncate texts to this many tokens (default: the model's)")
     parser.add_argument("--pooling", default=None,
-                        help="cls, cls_before_pooler, mean, max or last4_mean "
+                        help="cls, cls_before_pooler, mean, max, last4_mean or last_token "
                         "(default: the model's own)")
     parser.add_argument("--format", choices=("npy",), default="npy",
                         help="shard format (only npy: float32 [rows, dim])")

@@ -98,12 +98,13 @@ def encode_file(
     """Encode every good line of ``input_path`` into shards in folder ``output``.
 
     ``model`` names the model in the manifest; ``field``: JSONL input, text in that
-    field; ``prompt``: prepended to every text (as ``SentenceTransformer.encode(...,
-    prompt=)``); ``devices``: default ``jax.local_devices()``. Continues from the last
-    complete shard when ``output`` holds an unfinished run of the same settings (and
-    does nothing when it is finished); raises ``shards.ResumeError`` for other
-    settings. Progress and a summary go to ``log`` (default stderr). Returns the final
-    manifest (``total_rows``, ``bad_lines``, ...).
+    field; ``prompt``: ``Encoder.encode``'s ``prompt=`` (a prefix as
+    ``SentenceTransformer.encode(..., prompt=)``, or a template with ``{text}``; ``None``:
+    the model's default prompt, if any); ``devices``: default ``jax.local_devices()``.
+    Continues from the last complete shard when ``output`` holds an unfinished run of the
+    same settings (and does nothing when it is finished); raises ``shards.ResumeError`` for
+    other settings. Progress and a summary go to ``log`` (default stderr). Returns the
+    final manifest (``total_rows``, ``bad_lines``, ...).
     """
     import jax
 
@@ -126,7 +127,7 @@ def encode_file(
                  f"{rows_per_shard} rows per shard")
 
     def commit(texts, bad, first_line, last_line, end):
-        rows = enc.encode(texts, batch_size=batch_size, max_length=max_length,
+        rows = enc.encode(texts, prompt=prompt, batch_size=batch_size, max_length=max_length,
                           progress=progress, devices=devices)
         new = shards.commit_shard(output, manifest, rows, first_line=first_line,
                                   last_line=last_line, input_offset=end, bad_lines=bad)
@@ -143,7 +144,7 @@ def encode_file(
         if rec.text is None:
             bad.append({"line": rec.line, "reason": rec.reason})
             continue
-        texts.append(prompt + rec.text if prompt else rec.text)
+        texts.append(rec.text)
         if len(texts) == rows_per_shard:
             manifest = commit(texts, bad, first_line, last_line, end)
             texts, bad, first_line = [], [], last_line + 1

@@ -281,11 +281,11 @@ class MTEBEncoder:
                     "jaxembed encoders embed text only"
                 )
             texts.extend(batch["text"])
-        prompt = self.prompt(task_metadata, prompt_type)
-        if prompt:
-            texts = [prompt + text for text in texts]
+        # passed as Encoder.encode's prompt (``""``: none), so the encoder's own default
+        # prompt is not put on top of it
         return self.encoder.encode(
             texts,
+            prompt=self.prompt(task_metadata, prompt_type),
             batch_size=int(kwargs.get("batch_size") or 64),
             progress=bool(kwargs.get("show_progress_bar", False)),
         )

@@ -104,8 +104,8 @@ def probe_batches(
 ) -> Iterator[dict]:
     """Endless batches of int32 arrays ``[T, C, b, L]`` (tasks, columns, rows, tokens),
     ``b`` rows per task drawn without replacement by ``np.random.default_rng(seed)``.
-    ``tokenize(texts) -> {"input_ids", "attention_mask", "token_type_ids"}`` [N, L]
-    is called once on every text, before this returns."""
+    ``tokenize(texts) -> {"input_ids", "attention_mask", "token_type_ids"}`` [N, L] (and any
+    per-row [N] entry, such as ``Encoder.tokenize``'s ``prompt_length``) is called once on every text, before this returns."""
     if batch_size < 2:
         raise ValueError(f"batch_size must be >= 2 (in-batch negatives), got {batch_size}")
     flat = [text for cols in probe.texts for col in cols for text in col]
@@ -114,7 +114,7 @@ def probe_batches(
     for cols in probe.texts:
         n = len(cols[0])
         size = n * len(cols)
-        per_task.append({k: v[start:start + size].reshape(len(cols), n, -1)
+        per_task.append({k: v[start:start + size].reshape(len(cols), n, *v.shape[1:])
                          for k, v in tokens.items()})
         start += size
     b = min(batch_size, min(len(cols[0]) for cols in probe.texts))
@@ -137,8 +137,10 @@ def probe_loss(embed: Callable, *, temperature: float = 0.05) -> Callable:
     from jaxembed.losses import info_nce
 
     def loss(params, batch):
-        t, c, b, length = batch["input_ids"].shape
-        flat = {k: jnp.reshape(v, (t * c * b, length)) for k, v in batch.items()}
+        t, c, b, _ = batch["input_ids"].shape
+        # [T, C, b, ...] -> [T*C*b, ...]: token arrays [.., L], a tokenizer's per-row
+        # ``prompt_length`` [..]
+        flat = {k: jnp.reshape(v, (t * c * b, *v.shape[3:])) for k, v in batch.items()}
         z = embed(params, flat).reshape(t, c, b, -1)
 
         def task_loss(zt):

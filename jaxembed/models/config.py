@@ -50,16 +50,21 @@ _INT_FIELDS = {
 _PROBABILITY_FIELDS = ("hidden_dropout_prob", "attention_probs_dropout_prob")
 
 
+def check_int(name: str, value: Any, low: int, high: int) -> None:
+    """``ValueError`` unless ``value`` is an int (not a bool, not a string) in ``[low, high]``:
+    the check every size read from an untrusted ``config.json`` passes before it is used."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"{name} must be an int, got {value!r} ({type(value).__name__})")
+    if not low <= value <= high:
+        raise ValueError(f"{name} must be in [{low}, {high}], got {value}")
+
+
 def _check_fields(config) -> None:
     """Types and ranges of every field, before any arithmetic on them: ints are ints
     (not bools, not strings) within ``_INT_FIELDS``' bounds, probabilities are in
     [0, 1], ``layer_norm_eps`` is finite and > 0. Floats given as ints become floats."""
     for name, (low, high) in _INT_FIELDS.items():
-        value = getattr(config, name)
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ValueError(f"{name} must be an int, got {value!r} ({type(value).__name__})")
-        if not low <= value <= high:
-            raise ValueError(f"{name} must be in [{low}, {high}], got {value}")
+        check_int(name, getattr(config, name), low, high)
     for name in (*_PROBABILITY_FIELDS, "layer_norm_eps"):
         value = getattr(config, name)
         if isinstance(value, bool) or not isinstance(value, (int, float)):

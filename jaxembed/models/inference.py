@@ -15,6 +15,9 @@ batch (benchmarks/RESULTS.md). An accelerator wants the whole batch at once --
 sequential 4-row steps would leave it idle -- so elsewhere the default is off.
 Rows are independent, so the results do not depend on it.
 
+Prompts are applied before tokenisation (``prompted``); decoders' Token Prepending needs
+its placeholder in every row, which is checked on the host.
+
 ``devices=`` (e.g. ``jax.local_devices()``) runs data-parallel: params are
 replicated over a one-axis mesh of those devices, every batch's rows are padded
 to a multiple of their number and split over them, and each device runs the
@@ -36,8 +39,8 @@ from typing import Optional, Sequence
 import jax
 import numpy as np
 
-from jaxembed.models import buckets
-from jaxembed.models.forward import embed_batch
+from jaxembed.models import buckets, prompts
+from jaxembed.models.forward import EmbedSpec, embed_batch
 from jaxembed.models.tokenization import check_texts, pad, token_ids, warn_truncated
 
 MICRO_BATCH_TOKENS = 1024
@@ -61,46 +64,32 @@ def micro_rows(rows: int, length: int, micro_batch_tokens: int) -> int:
 
 
 class EncodeStep:
-    """``jit``-ed inference step for one (module, pooling, normalize, micro-batch size,
-    devices), with a trace counter ``traces`` (how many shapes it compiled).
+    """``jit``-ed inference step for one (module, :class:`EmbedSpec`, micro-batch size,
+    devices), with a trace counter ``traces`` (how many shapes it compiled). Called as
+    ``step(params, batch)`` with ``batch`` as :func:`tokenization.pad` builds it.
 
     With more than one device the step is ``shard_map``-ped over a mesh of them:
-    ``params`` replicated, the row axis of the inputs and output split
-    (``place_params`` / ``place_rows`` put arrays there; ``row_multiple``, the number
-    of devices, must divide the rows)."""
+    ``params`` replicated, the row (leading) axis of every ``batch`` entry and of the
+    output split (``place_params`` / ``place_rows`` put arrays there; ``row_multiple``,
+    the number of devices, must divide the rows)."""
 
     def __init__(
-        self,
-        module,
-        pooling: str,
-        normalize: bool,
-        micro_batch_tokens: int,
-        devices: Optional[tuple] = None,
+        self, module, spec: EmbedSpec, micro_batch_tokens: int, devices: Optional[tuple] = None
     ):
         self.traces = 0
         self.micro_batch_tokens = micro_batch_tokens
         self.mesh = None
         self.row_multiple = 1
 
-        def embed_rows(params, input_ids, attention_mask, token_type_ids):
-            batch = {
-                "input_ids": input_ids,
-                "attention_mask": attention_mask,
-                "token_type_ids": token_type_ids,
-            }
-            return embed_batch(module, pooling, normalize, params, batch)
-
-        def step(params, input_ids, attention_mask, token_type_ids):
+        def step(params, batch):
             self.traces += 1
-            rows, length = input_ids.shape
+            rows, length = batch["input_ids"].shape
             micro = micro_rows(rows, length, micro_batch_tokens)
             if micro == rows:
-                return embed_rows(params, input_ids, attention_mask, token_type_ids)
-            split = lambda a: a.reshape(rows // micro, micro, length)
-            out = jax.lax.map(
-                lambda b: embed_rows(params, *b),
-                (split(input_ids), split(attention_mask), split(token_type_ids)),
-            )
+                return embed_batch(module, spec, params, batch)
+            split = lambda a: a.reshape(rows // micro, micro, *a.shape[1:])  # noqa: E731
+            out = jax.lax.map(lambda b: embed_batch(module, spec, params, b),
+                              jax.tree.map(split, batch))
             return out.reshape(rows, out.shape[-1])
 
         if devices is not None and len(devices) > 1:
@@ -109,10 +98,9 @@ class EncodeStep:
             self.mesh = make_mesh(data=len(devices), fsdp=1, devices=devices)
             self.row_multiple = len(devices)
             self._params, self._rows = replicated(self.mesh), batch_sharding(self.mesh)
-            rows = self._rows.spec
+            rows = self._rows.spec  # a prefix of the batch dict: every entry split by rows
             step = jax.shard_map(
-                step, mesh=self.mesh, in_specs=(self._params.spec, rows, rows, rows),
-                out_specs=rows,
+                step, mesh=self.mesh, in_specs=(self._params.spec, rows), out_specs=rows
             )
         self.fn = jax.jit(step)
 
@@ -120,32 +108,33 @@ class EncodeStep:
         """``params`` replicated over the devices (as they are for one device)."""
         return params if self.mesh is None else jax.device_put(params, self._params)
 
-    def place_rows(self, *arrays) -> tuple:
-        """Host ``[rows, ...]`` arrays split by rows over the devices (as they are for one)."""
-        return arrays if self.mesh is None else tuple(jax.device_put(arrays, self._rows))
+    def place_rows(self, batch: dict) -> dict:
+        """Host ``batch`` (every entry ``[rows, ...]``) split by rows over the devices (as it
+        is for one)."""
+        return batch if self.mesh is None else jax.device_put(batch, self._rows)
 
-    def __call__(self, params, input_ids, attention_mask, token_type_ids):
-        return self.fn(params, input_ids, attention_mask, token_type_ids)
+    def __call__(self, params, batch):
+        return self.fn(params, batch)
 
 
 @functools.lru_cache(maxsize=64)
 def _cached_step(
-    module, pooling: str, normalize: bool, micro_batch_tokens: int, devices: Optional[tuple]
+    module, spec: EmbedSpec, micro_batch_tokens: int, devices: Optional[tuple]
 ) -> EncodeStep:
-    return EncodeStep(module, pooling, normalize, micro_batch_tokens, devices)
+    return EncodeStep(module, spec, micro_batch_tokens, devices)
 
 
 def encode_step(
     enc, micro_batch_tokens: Optional[int] = None, devices: Optional[Sequence] = None
 ) -> EncodeStep:
-    """The step for ``enc``'s (module, pooling, normalize) on ``devices`` (``None`` or one
-    device: jax's default placement), shared across encoders (modules compare by
-    config), so ``replace(params=...)`` or reloading a saved copy reuses the compiled
-    executables. ``micro_batch_tokens=None``: :func:`default_micro_batch_tokens`."""
+    """The step for ``enc``'s (module, spec) on ``devices`` (``None`` or one device: jax's
+    default placement), shared across encoders (modules compare by config), so
+    ``replace(params=...)`` or reloading a saved copy reuses the compiled executables.
+    ``micro_batch_tokens=None``: :func:`default_micro_batch_tokens`."""
     if micro_batch_tokens is None:
         micro_batch_tokens = default_micro_batch_tokens()
     devices = None if devices is None or len(devices) < 2 else tuple(devices)
-    return _cached_step(enc.module, enc.pooling, enc.normalize, int(micro_batch_tokens), devices)
+    return _cached_step(enc.module, enc.spec, int(micro_batch_tokens), devices)
 
 
 def padded_rows(rows: int, multiple: int) -> int:
@@ -153,13 +142,58 @@ def padded_rows(rows: int, multiple: int) -> int:
     return -(-rows // multiple) * multiple
 
 
+def prompted(enc, texts: list[str], *, prompt: Optional[str], prompt_name: Optional[str]):
+    """``(texts with the prompt applied, prompt tokens)`` for ``enc``: the prompt from
+    ``prompts.resolve`` (Token Prepending's template when there is none); its token count as
+    sentence-transformers counts it (after lower-casing if the model lower-cases)."""
+    chosen = prompts.resolve(enc.prompts, enc.default_prompt_name, prompt=prompt,
+                             prompt_name=prompt_name)
+    tp = enc.token_prepending
+    clean = None
+    if tp is not None:
+        chosen = chosen or tp.prompt
+        if not chosen or tp.placeholder not in chosen:
+            raise ValueError(
+                f"token_prepending needs its placeholder {tp.placeholder!r} in the prompt, "
+                f"got {chosen!r}; e.g. prompt='This sentence : {tp.placeholder} \"{{text}}\" "
+                f"means in one word:\"'"
+            )
+        if tp.clean_sentences:
+            from jaxembed.models.decoder.presets import clean_sentence as clean
+    head = prompts.prefix(chosen)
+    n_prompt = 0
+    if head and enc.tokenizer is not None:
+        n_prompt = prompts.token_count(enc.tokenizer, head.lower() if enc.do_lower_case else head)
+    return prompts.apply(texts, chosen, clean=clean), n_prompt
+
+
 def _ids(enc, texts, max_length: int):
-    return token_ids(
+    ids, types, n_cut = token_ids(
         enc.tokenizer,
         texts,
         max_length=max_length,
         strip=enc.strip_text,
         lower=enc.do_lower_case,
+    )
+    if enc.token_prepending is not None:
+        missing = [i for i, x in enumerate(ids) if enc.placeholder_id not in x]
+        if missing:
+            raise ValueError(
+                f"texts {missing[:10]} lost the placeholder {enc.token_prepending.placeholder!r} "
+                f"(truncated to {max_length} tokens?)"
+            )
+    return ids, types, n_cut
+
+
+def _pad(enc, ids, types, idx, rows: int, length: int, n_prompt: int) -> dict:
+    return pad(
+        [ids[j] for j in idx],
+        None if types is None else [types[j] for j in idx],
+        rows=rows,
+        length=length,
+        pad_id=enc.pad_token_id,
+        left=enc.padding_side == "left",
+        prompt_length=n_prompt,
     )
 
 
@@ -185,6 +219,8 @@ def encode(
     enc,
     texts: Sequence[str],
     *,
+    prompt: Optional[str] = None,
+    prompt_name: Optional[str] = None,
     batch_size: int = 64,
     max_length: Optional[int] = None,
     progress=False,
@@ -194,6 +230,9 @@ def encode(
 ) -> np.ndarray:
     """``Encoder.encode``: ``texts`` (N strings) -> [N, dim] float32 numpy, in input order.
 
+    ``prompt`` (a prefix, or a template with ``{text}``) or ``prompt_name`` (a key of
+    ``enc.prompts``) is put around every text; with neither, ``enc.default_prompt_name``'s
+    prompt (or Token Prepending's template) is (:mod:`jaxembed.models.prompts`).
     Texts are tokenised once, in a worker thread a chunk of ``chunk_batches *
     batch_size`` ahead; sorted by token length, cut into batches padded to a few
     fixed shapes (one compilation each) and dispatched asynchronously (see the
@@ -210,6 +249,7 @@ def encode(
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     max_length = max_length or enc.max_length
+    texts, n_prompt = prompted(enc, texts, prompt=prompt, prompt_name=prompt_name)
     n = len(texts)
     out = np.zeros((n, enc.dim), np.float32)
     if n == 0:
@@ -232,17 +272,9 @@ def encode(
                 [len(x) for x in ids], batch_size=batch_size, max_length=max_length
             )
             for idx, rows, length in plan:
-                batch = pad(
-                    [ids[j] for j in idx],
-                    None if types is None else [types[j] for j in idx],
-                    rows=padded_rows(rows, step.row_multiple),
-                    length=length,
-                    pad_id=enc.pad_token_id,
-                )
-                arrays = step.place_rows(
-                    batch["input_ids"], batch["attention_mask"], batch["token_type_ids"]
-                )
-                result = step(params, *arrays)  # dispatched asynchronously
+                batch = _pad(enc, ids, types, idx, padded_rows(rows, step.row_multiple),
+                             length, n_prompt)
+                result = step(params, step.place_rows(batch))  # dispatched asynchronously
                 if pending is not None:
                     _collect(out, *pending, bar)
                 pending = (result, start + idx)
@@ -253,10 +285,32 @@ def encode(
     return out
 
 
+def encode_query(enc, texts: Sequence[str], *, prompt: Optional[str] = None,
+                 prompt_name: Optional[str] = None, **kwargs) -> np.ndarray:
+    """``Encoder.encode_query``: ``encode`` with the ``"query"`` prompt when neither
+    ``prompt`` nor ``prompt_name`` is given (none if the encoder has no such prompt), as
+    ``SentenceTransformer.encode_query``."""
+    if prompt is None and prompt_name is None:
+        prompt = prompts.named(enc.prompts, prompts.QUERY_NAMES)
+    return encode(enc, texts, prompt=prompt, prompt_name=prompt_name, **kwargs)
+
+
+def encode_document(enc, texts: Sequence[str], *, prompt: Optional[str] = None,
+                    prompt_name: Optional[str] = None, **kwargs) -> np.ndarray:
+    """``Encoder.encode_document``: ``encode`` with the first of the ``"document"``,
+    ``"passage"``, ``"corpus"`` prompts when neither ``prompt`` nor ``prompt_name`` is given,
+    as ``SentenceTransformer.encode_document``."""
+    if prompt is None and prompt_name is None:
+        prompt = prompts.named(enc.prompts, prompts.DOCUMENT_NAMES)
+    return encode(enc, texts, prompt=prompt, prompt_name=prompt_name, **kwargs)
+
+
 def precompile(
     enc,
     texts: Optional[Sequence[str]] = None,
     *,
+    prompt: Optional[str] = None,
+    prompt_name: Optional[str] = None,
     batch_size: int = 64,
     max_length: Optional[int] = None,
     chunk_batches: int = 32,
@@ -264,14 +318,14 @@ def precompile(
     devices: Optional[Sequence] = None,
 ) -> int:
     """``Encoder.precompile``: compile the encode step for every batch shape
-    ``encode(texts, batch_size=...)`` will use (for ``texts=None``: every length bucket
-    at full ``batch_size`` rows), so later calls run without compiling (with the same
+    ``encode(texts, batch_size=..., prompt=...)`` will use (for ``texts=None``: every length
+    bucket at full ``batch_size`` rows), so later calls run without compiling (with the same
     ``devices``). Returns the number of shapes."""
     max_length = max_length or enc.max_length
     if texts is None:
         shapes = {(batch_size, length) for length in buckets.length_buckets(max_length)}
     else:
-        texts = check_texts(texts)
+        texts, _ = prompted(enc, check_texts(texts), prompt=prompt, prompt_name=prompt_name)
         span, shapes = batch_size * max(1, chunk_batches), set()
         for start in range(0, len(texts), span):
             ids, _, _ = _ids(enc, texts[start : start + span], max_length)
@@ -283,10 +337,8 @@ def precompile(
             }
     step = encode_step(enc, micro_batch_tokens, devices)
     shapes = {(padded_rows(rows, step.row_multiple), length) for rows, length in shapes}
+    params = step.place_params(enc.params)
     for rows, length in sorted(shapes):
-        ids = np.full((rows, length), enc.pad_token_id, np.int32)
-        mask = np.zeros((rows, length), np.int32)
-        mask[:, 0] = 1
-        arrays = step.place_rows(ids, mask, np.zeros_like(ids))
-        jax.block_until_ready(step(step.place_params(enc.params), *arrays))
+        batch = pad([[enc.pad_token_id]], None, rows=rows, length=length, pad_id=enc.pad_token_id)
+        jax.block_until_ready(step(params, step.place_rows(batch)))
     return len(shapes)

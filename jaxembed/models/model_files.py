@@ -96,10 +96,13 @@ def read_json(path: str | pathlib.Path, *, kind: type = dict) -> Any:
 
 def _read_safetensors(path: pathlib.Path) -> dict[str, np.ndarray]:
     import ml_dtypes  # noqa: F401  (registers "bfloat16" with NumPy for safetensors' reader)
-    from safetensors import safe_open
+    from safetensors import SafetensorError, safe_open
 
-    with safe_open(str(path), framework="np") as f:
-        return {k: f.get_tensor(k) for k in f.keys()}
+    try:
+        with safe_open(str(path), framework="np") as f:
+            return {k: f.get_tensor(k) for k in f.keys()}
+    except SafetensorError as e:  # truncated file, bad header, unknown dtype, ...
+        raise ValueError(f"{path}: not a readable safetensors file ({e})") from e
 
 
 def _read_torch_bin(path: pathlib.Path) -> dict[str, np.ndarray]:
@@ -109,7 +112,7 @@ def _read_torch_bin(path: pathlib.Path) -> dict[str, np.ndarray]:
     return {k: v.float().numpy() for k, v in state.items()}
 
 
-def _shard_names(index: pathlib.Path) -> list[str]:
+def _weight_map(index: pathlib.Path) -> dict[str, str]:
     weight_map = read_json(index).get("weight_map")
     if (
         not isinstance(weight_map, dict)
@@ -117,7 +120,7 @@ def _shard_names(index: pathlib.Path) -> list[str]:
         or not all(isinstance(v, str) for v in weight_map.values())
     ):
         raise ValueError(f"{index}: 'weight_map' must be a non-empty object of tensor -> file")
-    return sorted(set(weight_map.values()))
+    return weight_map
 
 
 def read_state_dict(
@@ -128,7 +131,8 @@ def read_state_dict(
     Order: ``model.safetensors``; ``model.safetensors.index.json`` (sharded);
     ``pytorch_model.bin`` / ``pytorch_model.bin.index.json`` (float32). Every file
     must resolve inside ``root`` (default ``folder``; the model folder when ``folder``
-    is a sentence-transformers sub-module).
+    is a sentence-transformers sub-module). A file that is not valid safetensors, or an
+    index listing a tensor its shard lacks, is a ``ValueError`` naming the file.
     """
     folder = pathlib.Path(folder)
     root = folder if root is None else pathlib.Path(root)
@@ -142,9 +146,13 @@ def read_state_dict(
         index = folder / f"{name}.index.json"
         if index.is_file():
             index = safe_join(folder, index.name, source=folder, root=root)
+            weight_map = _weight_map(index)
             state = {}
-            for shard in _shard_names(index):
+            for shard in sorted(set(weight_map.values())):
                 state.update(reader(safe_join(folder, shard, source=index, root=root)))
+            missing = sorted(set(weight_map) - set(state))
+            if missing:
+                raise ValueError(f"{index}: tensors listed but absent from their shards: {missing}")
             return state
     raise FileNotFoundError(f"no model.safetensors(.index.json) or pytorch_model.bin in {folder}")
 

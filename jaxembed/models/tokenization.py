@@ -8,11 +8,24 @@ than one row -- exact, also for a text of exactly ``max_length`` tokens, and
 with no second tokenisation. The caller warns once per call
 (:func:`warn_truncated`).
 
+Padding goes on the right or, with ``left=True``, on the left (decoder tokenizers such
+as Qwen3-Embedding's say ``padding_side: left``); pooling and the decoder's positions find
+the real tokens on either side, so both give the same embeddings.
+
+The tokenizer adds its special tokens as its files say: BERT's [CLS]/[SEP], a BOS, or an
+EOS appended by ``tokenizer.json``'s post-processor (Qwen3-Embedding's template, which
+last-token pooling reads). transformers >= 5 drops ``add_eos_token`` / ``add_bos_token``
+from ``tokenizer_config.json`` when a ``tokenizer.json`` exists (and so does
+sentence-transformers, which uses the same tokenizer); :func:`load_tokenizer` honours
+them, so a folder that asks for an EOS gets one, and an export writes it into the
+post-processor where every loader sees it.
+
 Example::
 
     ids, types, n_cut = token_ids(tok, ["a dog", "a cat"], max_length=128)
     batch = pad(ids, types, rows=2, length=8, pad_id=0)   # input_ids / attention_mask /
-                                                          # token_type_ids, int32 [2, 8]
+                                                          # token_type_ids int32 [2, 8],
+                                                          # prompt_length int32 [2]
 """
 
 from __future__ import annotations
@@ -43,7 +56,43 @@ def load_tokenizer(folder: pathlib.Path):
     tok = AutoTokenizer.from_pretrained(str(folder), use_fast=True)
     if not tok.is_fast:
         raise ValueError(f"{folder}: only fast (Rust) tokenizers are supported")
+    _honour_special_token_flags(tok, folder / "tokenizer_config.json")
     return tok
+
+
+def _honour_special_token_flags(tok, config_file: pathlib.Path) -> None:
+    """Apply ``tokenizer_config.json``'s ``add_bos_token`` / ``add_eos_token: true`` when the
+    loaded tokenizer does not already add that token (see the module docstring)."""
+    if not config_file.is_file():
+        return
+    from jaxembed.models.model_files import read_json
+
+    settings = read_json(config_file)
+    probe = tok("a", add_special_tokens=True, verbose=False)["input_ids"]
+    for flag, token_id, present in (
+        ("add_bos_token", tok.bos_token_id, probe[:1] == [tok.bos_token_id]),
+        ("add_eos_token", tok.eos_token_id, probe[-1:] == [tok.eos_token_id]),
+    ):
+        value = settings.get(flag)
+        if value is None:
+            continue
+        if not isinstance(value, bool):
+            raise ValueError(f"{config_file}: {flag} must be a bool, got {value!r}")
+        if value and not present:
+            if token_id is None:
+                raise ValueError(f"{config_file}: {flag} is true but the tokenizer has no "
+                                 f"{flag[4:7]} token")
+            setattr(tok, flag, True)  # rebuilds the post-processor
+
+
+def ensure_token(tokenizer, token: str) -> tuple[int, bool]:
+    """``(id, added)`` of ``token``, added with ``add_tokens`` (a plain added token, never
+    split) if the tokenizer lacks it."""
+    vocab = tokenizer.get_vocab()
+    if token in vocab:
+        return int(vocab[token]), False
+    tokenizer.add_tokens([token])
+    return int(tokenizer.convert_tokens_to_ids(token)), True
 
 
 def check_vocab(tokenizer, vocab_size: int) -> None:
@@ -118,18 +167,29 @@ def token_ids(
     return ids, types, n_truncated
 
 
-def pad(ids, types, *, rows: int, length: int, pad_id: int) -> dict:
+def pad(
+    ids, types, *, rows: int, length: int, pad_id: int, left: bool = False,
+    prompt_length: int = 0,
+) -> dict:
     """Lists of token ids -> int32 ``[rows, length]`` ``input_ids``, ``attention_mask``,
-    ``token_type_ids``; rows beyond ``len(ids)`` are all-pad with mask 0."""
+    ``token_type_ids`` (pads on the right, or the left with ``left=True``) and ``[rows]``
+    ``prompt_length`` (the prompt tokens of every row); rows beyond ``len(ids)`` are all-pad
+    with mask 0."""
     input_ids = np.full((rows, length), pad_id, np.int32)
     mask = np.zeros((rows, length), np.int32)
     token_type = np.zeros((rows, length), np.int32)
     for i, x in enumerate(ids):
-        input_ids[i, : len(x)] = x
-        mask[i, : len(x)] = 1
+        span = slice(length - len(x), length) if left else slice(0, len(x))
+        input_ids[i, span] = x
+        mask[i, span] = 1
         if types is not None:
-            token_type[i, : len(x)] = types[i]
-    return {"input_ids": input_ids, "attention_mask": mask, "token_type_ids": token_type}
+            token_type[i, span] = types[i]
+    return {
+        "input_ids": input_ids,
+        "attention_mask": mask,
+        "token_type_ids": token_type,
+        "prompt_length": np.full((rows,), prompt_length, np.int32),
+    }
 
 
 def warn_truncated(n: int, max_length: int, *, stacklevel: int = 4) -> None:
@@ -153,8 +213,10 @@ def tokenize(
     pad_to: Optional[int] = None,
     strip: bool = False,
     lower: bool = False,
+    left: bool = False,
+    prompt_length: int = 0,
 ) -> dict:
-    """Tokenise, warn about truncation, and pad to the smallest length in
+    """Tokenise, warn about truncation, and pad (see :func:`pad`) to the smallest length in
     ``length_table`` that fits the longest text (or exactly ``pad_to``)."""
     from jaxembed.models.buckets import bucket_for
 
@@ -167,4 +229,5 @@ def tokenize(
     length = pad_to if pad_to is not None else bucket_for(longest, length_table)
     if longest > length:
         raise ValueError(f"pad_to={length} is shorter than the longest sequence ({longest} tokens)")
-    return pad(ids, types, rows=len(texts), length=length, pad_id=pad_id)
+    return pad(ids, types, rows=len(texts), length=length, pad_id=pad_id, left=left,
+               prompt_length=prompt_length)

@@ -9,9 +9,13 @@ One generic Flax decoder driven by a :class:`DecoderConfig` of switches:
 * ``attention`` GQA attention, window/padding masks, soft-capping, implementations
 * ``model``     ``Decoder`` (hidden states, early exit, scan, remat, Token Prepending hook)
 * ``weights``   the HF <-> Flax name/transform table
-* ``checkpoint`` safetensors folder reading (bf16 without torch) and export
+* ``checkpoint`` folder reading (``model_files``' reader: bf16 without torch) and export
 * ``pooling``   ``last_token`` / ``mean`` (prompt excluded) under left or right padding
-* ``token_prepending`` the Token Prepending overwrite and placeholder lookup
+* ``token_prepending`` the Token Prepending overwrite, placeholder lookup and new row
+* ``presets``   Token Prepending settings, the paper's prompts and per-model presets
+
+``Encoder.from_pretrained`` loads these folders too (``jaxembed.models.backbone``), with
+tokenisation, prompts and pooling; this package is the model itself.
 
 Example::
 
@@ -29,9 +33,12 @@ _LAZY = {
     "DecoderOutput": "model",
     "TokenPrepending": "token_prepending",
     "placeholder_positions": "token_prepending",
+    "add_placeholder_row": "token_prepending",
+    "TokenPrependingSettings": "presets",
+    "PRESETS": "presets",
+    "PROMPTS": "presets",
     "load_decoder": "checkpoint",
     "save_decoder": "checkpoint",
-    "read_state_dict": "checkpoint",
     "DecoderCheckpoint": "checkpoint",
     "hf_to_flax": "weights",
     "flax_to_hf": "weights",

@@ -15,9 +15,16 @@ transformers' eager attention (the row is padding and never pooled).
 Scores ``s = (q . k) * scale`` in float32, optionally soft-capped ``c tanh(s / c)`` (Gemma 2),
 masked, softmax in float32, cast to the activation dtype before the value product.
 
-Implementations: ``"xla"`` (the einsum path above, any options) and ``"dot_product"``
-(``jax.nn.dot_product_attention`` with a boolean mask; no soft-capping); ``"auto"`` picks
-``dot_product`` unless the layer soft-caps.
+Implementations: ``"xla"`` (the einsum path above, any options), ``"dot_product"``
+(``jax.nn.dot_product_attention`` with a boolean mask, GQA without repeating K/V; no
+soft-capping) and ``"cudnn"`` (the same call with ``implementation="cudnn"``: cuDNN's fused
+flash attention, GPU only, bf16/fp16, the mask turned into an additive bias). ``"auto"``
+picks ``xla`` when the layer soft-caps (Gemma 2), ``cudnn`` on a GPU for bf16/fp16
+activations -- falling back to ``dot_product`` when cuDNN refuses the shapes at trace time
+-- and ``dot_product`` otherwise. ``jax.nn.dot_product_attention``'s own default
+(``implementation=None``) is its XLA path on every backend (jax 0.10), so cuDNN has to be
+asked for by name. The cuDNN branch is selected by a test on the CPU but has not been run
+on a GPU in this repository's tests.
 
 Example::
 
@@ -41,7 +48,8 @@ from jaxembed.models.decoder.layers import Projection, RMSNorm
 from jaxembed.models.decoder.rope import apply_rope
 
 Dtype = Any
-IMPLEMENTATIONS = ("auto", "xla", "dot_product")
+IMPLEMENTATIONS = ("auto", "xla", "dot_product", "cudnn")
+_CUDNN_DTYPES = (jnp.bfloat16, jnp.float16)
 
 
 def window_mask(attention_mask: jax.Array, window: tuple) -> jax.Array:
@@ -83,15 +91,33 @@ def attend(
     implementation: str = "auto",
 ) -> jax.Array:
     """``q`` [B, T, N, D], ``k, v`` [B, S, K, D], ``keep`` [B, 1, T, S] -> [B, T, N, D]."""
+    implementation = choose_implementation(implementation, q.dtype, softcap=softcap)
+    if implementation == "xla":
+        return _grouped_xla(q, k, v, keep, scale=scale, softcap=softcap)
+    if softcap is not None:
+        raise ValueError(f"{implementation} attention cannot soft-cap scores; use 'xla'")
+    if implementation.startswith("cudnn"):
+        try:
+            return jax.nn.dot_product_attention(q, k, v, mask=keep, scale=scale,
+                                                implementation="cudnn")
+        except (ValueError, NotImplementedError, RuntimeError):
+            if implementation == "cudnn":  # asked for by name: say why not
+                raise
+    return jax.nn.dot_product_attention(q, k, v, mask=keep, scale=scale, implementation="xla")
+
+
+def choose_implementation(implementation: str, dtype, *, softcap: Optional[float]) -> str:
+    """Resolve ``"auto"`` (see the module docstring) to ``"xla"``, ``"dot_product"`` or
+    ``"cudnn_or_dot_product"`` (cuDNN, falling back); other names pass through checked."""
     if implementation not in IMPLEMENTATIONS:
         raise ValueError(f"unknown attention implementation {implementation!r}; {IMPLEMENTATIONS}")
-    if implementation == "auto":
-        implementation = "xla" if softcap is not None else "dot_product"
-    if implementation == "dot_product":
-        if softcap is not None:
-            raise ValueError("dot_product attention cannot soft-cap scores; use 'xla'")
-        return jax.nn.dot_product_attention(q, k, v, mask=keep, scale=scale)
-    return _grouped_xla(q, k, v, keep, scale=scale, softcap=softcap)
+    if implementation != "auto":
+        return implementation
+    if softcap is not None:
+        return "xla"
+    if jax.default_backend() == "gpu" and jnp.dtype(dtype) in _CUDNN_DTYPES:
+        return "cudnn_or_dot_product"
+    return "dot_product"
 
 
 class Attention(nn.Module):

@@ -1,10 +1,11 @@
 """Read a Hugging Face decoder folder into Flax params, and write one back.
 
 Reading takes ``config.json`` and ``model.safetensors`` or a sharded
-``model.safetensors.index.json``. Safetensors files are parsed directly (an 8-byte
-little-endian header length, a JSON header of ``dtype``/``shape``/``data_offsets``, raw
-little-endian bytes), so bfloat16 checkpoints load through ``ml_dtypes`` without torch;
-:func:`read_safetensors` is the one function to swap for a shared reader.
+``model.safetensors.index.json`` through :func:`jaxembed.models.model_files.read_state_dict`,
+the repository's one checkpoint reader: every path stays inside the folder, bfloat16 loads
+through ``ml_dtypes`` without torch, and a corrupt file is a ``ValueError`` naming it.
+``Encoder.from_pretrained`` reads decoders the same way (``backbone.py``); this module is the
+decoder package's own entry point, which also keeps the LM head for a ``*ForCausalLM`` export.
 
 Writing puts ``config.json`` (the original fields, with those the :class:`DecoderConfig`
 determines rewritten in transformers-v5 spelling) and a float32 ``model.safetensors``
@@ -18,8 +19,6 @@ Example::
     out = Decoder(ckpt.config).apply({"params": ckpt.params}, ids, mask)
     save_decoder("out/", ckpt.config, ckpt.params, extra=ckpt.extra,
                  hf_config=ckpt.hf_config, prefix=ckpt.prefix)
-
-Reference: https://github.com/huggingface/safetensors (file format).
 """
 
 from __future__ import annotations
@@ -29,25 +28,13 @@ import json
 import pathlib
 from typing import Any, Optional
 
-import ml_dtypes
 import numpy as np
 
 from jaxembed.models.decoder.config import DecoderConfig
 from jaxembed.models.decoder.families import ARCHITECTURES
 from jaxembed.models.decoder.weights import flax_to_hf, hf_to_flax, split_state
+from jaxembed.models.model_files import check_links, read_json, read_state_dict, write_safetensors
 
-_DTYPES = {
-    "F64": np.float64,
-    "F32": np.float32,
-    "F16": np.float16,
-    "BF16": ml_dtypes.bfloat16,
-    "I64": np.int64,
-    "I32": np.int32,
-    "I16": np.int16,
-    "I8": np.int8,
-    "U8": np.uint8,
-    "BOOL": np.bool_,
-}
 # config.json keys the family adapters read but ``to_hf_dict`` may not write; dropped from
 # the original config on export so a stale one cannot override the new value
 _STALE_KEYS = (
@@ -55,58 +42,6 @@ _STALE_KEYS = (
     "is_causal", "use_bidirectional_attention", "sliding_window", "layer_types",
     "use_sliding_window", "max_window_layers", "sliding_window_pattern", "torch_dtype",
 )
-
-
-def read_safetensors(path: str | pathlib.Path) -> dict[str, np.ndarray]:
-    """All tensors of one ``.safetensors`` file as read-only numpy views of a memory map
-    (bf16 as ``ml_dtypes.bfloat16``); copy what you keep."""
-    path = pathlib.Path(path)
-    size = path.stat().st_size
-    with open(path, "rb") as f:
-        n = int.from_bytes(f.read(8), "little")
-        if not 0 < n <= size - 8:
-            raise ValueError(f"{path}: not a safetensors file (header length {n}, size {size})")
-        try:
-            header = json.loads(f.read(n))
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise ValueError(f"{path}: unreadable safetensors header ({e})") from e
-    data = np.memmap(path, dtype=np.uint8, mode="r", offset=8 + n) if size > 8 + n else b""
-    out = {}
-    for key, info in header.items():
-        if key == "__metadata__":
-            continue
-        dtype = _DTYPES.get(info.get("dtype"))
-        if dtype is None:
-            raise ValueError(f"{path}: tensor {key!r} has unsupported dtype {info.get('dtype')!r}")
-        start, end = info["data_offsets"]
-        shape = tuple(info["shape"])
-        if end - start != int(np.prod(shape)) * np.dtype(dtype).itemsize or end > len(data):
-            raise ValueError(f"{path}: tensor {key!r} offsets {start}..{end} do not fit "
-                             f"shape {shape} {info['dtype']}")
-        out[key] = np.frombuffer(data, dtype=dtype, count=int(np.prod(shape)),
-                                 offset=start).reshape(shape)
-    return out
-
-
-def read_state_dict(folder: str | pathlib.Path) -> dict[str, np.ndarray]:
-    """Every tensor of a folder's ``model.safetensors`` or sharded index."""
-    folder = pathlib.Path(folder)
-    single, index = folder / "model.safetensors", folder / "model.safetensors.index.json"
-    if single.is_file():
-        return read_safetensors(single)
-    if not index.is_file():
-        raise FileNotFoundError(f"no model.safetensors or model.safetensors.index.json in {folder}")
-    with open(index) as f:
-        weight_map = json.load(f).get("weight_map")
-    if not isinstance(weight_map, dict):
-        raise ValueError(f"{index}: no 'weight_map' object")
-    state: dict[str, np.ndarray] = {}
-    for shard in sorted(set(weight_map.values())):
-        state.update(read_safetensors(folder / shard))
-    missing = sorted(set(weight_map) - set(state))
-    if missing:
-        raise ValueError(f"{index}: keys listed but not found in their shards: {missing}")
-    return state
 
 
 @dataclasses.dataclass
@@ -128,11 +63,8 @@ def load_decoder(folder: str | pathlib.Path, *, dtype=np.float32,
     config_path = folder / "config.json"
     if not config_path.is_file():
         raise FileNotFoundError(f"no config.json in {folder}")
-    with open(config_path) as f:
-        try:
-            hf_config = json.load(f)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{config_path}: not valid JSON ({e})") from e
+    check_links(folder)
+    hf_config = read_json(config_path)
     try:
         config = DecoderConfig.from_hf_dict(hf_config)
     except ValueError as e:
@@ -163,8 +95,6 @@ def save_decoder(folder: str | pathlib.Path, config: DecoderConfig, params: dict
 
     ``prefix="model."`` writes a ``*ForCausalLM`` layout (its ``lm_head.weight`` comes from
     ``extra``, or is tied to the embeddings), ``""`` a bare ``*Model``."""
-    from jaxembed.models.model_files import write_safetensors
-
     if prefix not in ("", "model."):
         raise ValueError(f"prefix must be '' or 'model.', got {prefix!r}")
     if prefix and not config.tie_word_embeddings and "lm_head.weight" not in (extra or {}):

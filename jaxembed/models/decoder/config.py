@@ -41,10 +41,11 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import pathlib
 from typing import Any, Optional
 
-from jaxembed.models.config import SUPPORTED_ACTIVATIONS
+from jaxembed.models.config import SUPPORTED_ACTIVATIONS, check_int
 from jaxembed.models.decoder.rope import RopeConfig
 
 Window = tuple  # (left: int | None, right: int | None)
@@ -53,9 +54,30 @@ CAUSAL = (None, 0)
 BIDIRECTIONAL = (None, None)
 
 
-def _positive_int(name: str, value: Any) -> None:
-    if not (isinstance(value, int) and not isinstance(value, bool) and value > 0):
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+# Bounds on the sizes a config.json may declare: far above every released decoder (Gemma 3's
+# 262,208-id vocabulary, 126-layer Llama 3.1 405B, 10M-token contexts) and there so that an
+# untrusted file cannot make the loader build a billion-entry weight table or layer list.
+SIZE_BOUNDS = {
+    "vocab_size": (1, 1 << 22),
+    "hidden_size": (1, 1 << 16),
+    "intermediate_size": (1, 1 << 18),
+    "num_hidden_layers": (1, 1024),
+    "num_attention_heads": (1, 1 << 12),
+    "num_key_value_heads": (1, 1 << 12),
+    "head_dim": (1, 1 << 12),
+    "max_position_embeddings": (1, 1 << 24),
+    "sliding_window": (1, 1 << 24),
+}
+
+
+def _positive_finite(value: Any) -> bool:
+    return (isinstance(value, (int, float)) and not isinstance(value, bool)
+            and 0 < value < math.inf)
+
+
+def check_size(name: str, value: Any) -> None:
+    """``ValueError`` unless ``value`` is an int within ``SIZE_BOUNDS[name]``."""
+    check_int(name, value, *SIZE_BOUNDS[name])
 
 
 @dataclasses.dataclass(frozen=True)
@@ -93,17 +115,9 @@ class DecoderConfig:
     attn_logit_softcapping: Optional[float] = None
 
     def __post_init__(self):
-        for name in (
-            "vocab_size",
-            "hidden_size",
-            "intermediate_size",
-            "num_hidden_layers",
-            "num_attention_heads",
-            "num_key_value_heads",
-            "head_dim",
-            "max_position_embeddings",
-        ):
-            _positive_int(name, getattr(self, name))
+        for name in SIZE_BOUNDS:
+            if name != "sliding_window":
+                check_size(name, getattr(self, name))
         if self.num_attention_heads % self.num_key_value_heads:
             raise ValueError(
                 f"num_attention_heads {self.num_attention_heads} is not a multiple of "
@@ -115,14 +129,14 @@ class DecoderConfig:
             raise ValueError(
                 f"unsupported hidden_act {self.hidden_act!r}; supported: {SUPPORTED_ACTIVATIONS}"
             )
-        if not self.rms_norm_eps > 0:
-            raise ValueError(f"rms_norm_eps must be > 0, got {self.rms_norm_eps}")
+        if not _positive_finite(self.rms_norm_eps):
+            raise ValueError(f"rms_norm_eps must be a finite number > 0, got {self.rms_norm_eps!r}")
         if self.norm_offset not in (0.0, 1.0):
             raise ValueError(f"norm_offset must be 0 or 1, got {self.norm_offset}")
         for name in ("query_pre_attn_scalar", "attn_logit_softcapping"):
             value = getattr(self, name)
-            if value is not None and not value > 0:
-                raise ValueError(f"{name} must be > 0 or None, got {value}")
+            if value is not None and not _positive_finite(value):
+                raise ValueError(f"{name} must be a finite number > 0 or None, got {value!r}")
         L = self.num_hidden_layers
         if len(self.layer_windows) != L or len(self.layer_ropes) != L:
             raise ValueError(
@@ -145,6 +159,12 @@ class DecoderConfig:
             raise ValueError(
                 f"layer_ropes entries {bad} do not index ropes (len {len(self.ropes)})"
             )
+
+    @property
+    def max_tokens(self) -> int:
+        """Longest sequence ``Encoder`` will feed (``max_position_embeddings``; the name is
+        ``EncoderConfig``'s)."""
+        return self.max_position_embeddings
 
     @property
     def num_groups(self) -> int:

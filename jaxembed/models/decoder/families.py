@@ -49,7 +49,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from jaxembed.models.decoder.config import BIDIRECTIONAL, CAUSAL, DecoderConfig
+from jaxembed.models.decoder.config import BIDIRECTIONAL, CAUSAL, DecoderConfig, check_size
 from jaxembed.models.decoder.rope import RopeConfig
 
 SUPPORTED_DECODER_TYPES = ("qwen3", "qwen2", "llama", "mistral", "gemma2", "gemma3_text")
@@ -156,8 +156,10 @@ def _reader(d: dict[str, Any], model_type: str):
 
 
 def _check_int(name: str, value, model_type: str) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{model_type}: {name} must be a positive integer, got {value!r}")
+    try:
+        check_size(name, value)
+    except ValueError as e:
+        raise ValueError(f"{model_type}: {e}") from None
 
 
 # ----------------------------------------------------------------------------- attention
@@ -266,17 +268,21 @@ def config_from_hf(d: dict[str, Any]) -> DecoderConfig:
     gemma = model_type.startswith("gemma")
     heads = get("num_attention_heads")
     hidden = get("hidden_size")
-    _check_int("num_attention_heads", heads, model_type)
-    _check_int("hidden_size", hidden, model_type)
     num_layers = get("num_hidden_layers")
-    _check_int("num_hidden_layers", num_layers, model_type)
+    # every size is type- and range-checked before it sizes a list (the layer types, the
+    # weight table): the file may be hostile
+    for name in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
+                 "num_attention_heads", "max_position_embeddings"):
+        _check_int(name, get(name), model_type)
+    for name in ("num_key_value_heads", "head_dim"):
+        if get(name) is not None:
+            _check_int(name, get(name), model_type)
     head_dim = get("head_dim") or _DEFAULTS[model_type]["head_dim"] or hidden // heads
     sliding_window = get("sliding_window")
     if model_type in ("qwen2", "qwen3") and not get("use_sliding_window"):
         sliding_window = None
     types = _layer_types(get, model_type, num_layers, sliding_window)
     max_positions = get("max_position_embeddings")
-    _check_int("max_position_embeddings", max_positions, model_type)
     ropes, layer_ropes = _ropes(d, model_type, types, max_positions)
     # Qwen2 hard-codes q/k/v biases and no o bias, Mistral no biases: both ignore the key
     attention_bias = model_type not in ("qwen2", "mistral") and bool(get("attention_bias"))

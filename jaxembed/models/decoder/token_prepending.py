@@ -19,6 +19,10 @@ token under right padding too), the placeholder is the first occurrence of its i
 because the official code overwrites the tensor in place, ``hidden_states[i]`` for
 ``start <= i < end`` shows the overwritten input of layer ``i``.
 
+A tokenizer without the placeholder gets it as a new token; :func:`add_placeholder_row` gives
+it an embedding row drawn from ``N(0, 1)`` (see ``presets.py`` for the official code's
+initialisation), appending a row when the id lies past the table.
+
 Example::
 
     tp = TokenPrepending(placeholder_positions(ids, pst_id), start_layer=1, end_layer=7)
@@ -31,6 +35,8 @@ Sentence Embeddings from LLMs" (arXiv 2412.11556); github.com/fuyuchenIfyw/token
 """
 
 from __future__ import annotations
+
+import dataclasses
 
 import flax
 import jax
@@ -77,3 +83,18 @@ def prepend_last_token(x: jax.Array, placeholder: jax.Array, last: jax.Array) ->
     """``x`` [B, L, H] with row ``b``'s position ``placeholder[b]`` set to ``x[b, last[b]]``."""
     rows = jnp.arange(x.shape[0])
     return x.at[rows, placeholder].set(x[rows, last])
+
+
+def add_placeholder_row(params: dict, config, token_id: int, *, seed: int) -> tuple[dict, object]:
+    """``(params, config)`` with embedding row ``token_id`` set to a ``N(0, 1)`` draw of
+    NumPy's generator seeded ``seed`` (in the table's dtype); the table (and
+    ``config.vocab_size``) grows to ``token_id + 1`` rows, new rows zero, when needed.
+    ``params`` is the unstacked numpy/jax tree; the input is not modified."""
+    table = np.asarray(params["embed_tokens"]["embedding"])
+    rows = max(table.shape[0], token_id + 1)
+    grown = np.zeros((rows, table.shape[1]), table.dtype)
+    grown[: table.shape[0]] = table
+    row = np.random.default_rng(seed).standard_normal(table.shape[1])  # float64 draws
+    grown[token_id] = row.astype(table.dtype)
+    params = {**params, "embed_tokens": {**params["embed_tokens"], "embedding": grown}}
+    return params, dataclasses.replace(config, vocab_size=rows)
