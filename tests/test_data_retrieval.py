@@ -55,7 +55,8 @@ def test_bad_rows_are_counted_by_file_and_line(tmp_path):
         corpus = read_retrieval_jsonl(path, num_negatives=1)
     assert corpus.stats == dict(read=12, kept=6, skipped_empty=1, skipped_invalid=5, truncated=0)
     assert corpus.problems[0] == f"{path}:7: 0 negatives, fewer than num_negatives=1"
-    assert [p.split(": ", 1)[0] for p in corpus.problems] == [f"{path}:{n}" for n in (7, 8, 9, 10, 12)]
+    where = [p.split(": ", 1)[0] for p in corpus.problems]
+    assert where == [f"{path}:{n}" for n in (7, 8, 9, 10, 12)]
     assert "'negatives' holds int 3" in corpus.problems[1] and "no 'positive'" in corpus.problems[2]
     with pytest.raises(ValueError, match=r"records are invalid.*wrong file or format"):
         read_retrieval_jsonl(path, num_negatives=2)   # 11 of 12 rows have one negative
