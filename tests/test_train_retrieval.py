@@ -19,12 +19,18 @@ OPTIONS = dict(false_negative_margin=0.0, hard_negative_weight=0.7, query_query_
                document_document_negatives=True, matryoshka_dims=(32, 8))
 
 
-def test_k_negatives_margin_and_matryoshka_match_float64(tiny_bert_dir, rng):
-    cfg, enc, obj, params, _ = _setup(tiny_bert_dir, rng, objective="simcse_sup", mlp=False,
-                                      train_pooling="mean", temperature=0.02, **OPTIONS)
+@pytest.mark.parametrize("model, pooling", [("bert", "mean"),
+                                            ("tiny-random-qwen3", "last_token")])
+def test_k_negatives_margin_and_matryoshka_match_float64(tiny_bert_dir, rng, model, pooling):
+    """On a BERT and on the trainer's random Qwen3 decoder (last-token pooling)."""
+    model = tiny_bert_dir if model == "bert" else model
+    cfg, enc, obj, params, _ = _setup(model, rng, objective="simcse_sup", mlp=False,
+                                      train_pooling=pooling, eval_pooling=pooling, temperature=0.02,
+                                      **OPTIONS)
     batch = _batch(enc, rng, cfg, 6, 2 + 3)                     # K = 3 negatives per row
     key = jax.random.PRNGKey(int(rng.integers(1 << 30)))
-    loss, _, z = _loss_and_pooled(obj, enc, params, batch, key, jax.random.split(key)[0], 1, "mean")
+    loss, _, z = _loss_and_pooled(obj, enc, params, batch, key, jax.random.split(key)[0], 1,
+                                  pooling)
     kw = {k: v for k, v in OPTIONS.items() if k != "matryoshka_dims"}
 
     def ref(dims=(32, 8), **over):
