@@ -20,7 +20,9 @@ What it sets, from what we could check:
   "negatives": [..], "instruction"?}``, e.g. written by hard-negative mining), the other
   queries and the positive-vs-documents terms of the paper's partition function
   (``query_query_negatives``, ``document_document_negatives``), and its false-negative mask:
-  a negative scoring above the positive's score + 0.1 is dropped (``false_negative_margin``);
+  a negative scoring above the positive's score + 0.1 is dropped (``false_negative_margin``),
+  and so is the row's positive text where it recurs as another row's document
+  (``mask_duplicate_documents``: ids per distinct text from the reader);
 * Matryoshka: the loss is summed over the prefix dimensions ``matryoshka_dims`` (the
   released models accept output dimensions from 32 up; the dims trained on are our choice
   here: the powers of two from 32 to 1024, the 0.6B model's width);
@@ -40,9 +42,9 @@ and batch are not stated in anything we read. As a sizing guide, not a paper set
 with ``mesh_fsdp=64``; use ``jaxembed plan`` for your slice, and ``lora`` (rank 64, the
 paper's) or ``grad_cache_chunk`` above 4B.
 
-Deviations: duplicate documents are not masked by string equality (``info_nce`` supports
-``document_ids``; the data path does not hash texts yet), and the weakly supervised
-pre-training stage, model merging and the reranker are out of scope.
+Deviations: a query repeated in the batch is dropped as a query-query negative by the margin
+(its score is 1), not by string equality; the weakly supervised pre-training stage, model
+merging and the reranker are out of scope.
 
 ``:tiny``: a random 2-layer Qwen3 (``tiny-random-qwen3``, hidden 32, MiniLM's WordPiece
 vocabulary, whose final [SEP] stands in for the EOS) on 256 SNLI dev triplets bundled in
@@ -74,6 +76,7 @@ def get_config(arg=None):
         false_negative_margin=0.1,
         query_query_negatives=True,
         document_document_negatives=True,
+        mask_duplicate_documents=True,
         matryoshka_dims=(1024, 512, 256, 128, 64, 32),
         data="train_mined.jsonl",
         data_format="retrieval_jsonl",

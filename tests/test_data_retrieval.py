@@ -41,6 +41,20 @@ def test_rows_keep_k_negatives_and_instruct_only_queries(tmp_path):
     assert instructed("q", "") == "q"
 
 
+def test_document_ids_number_distinct_document_texts(tmp_path):
+    path = _write(tmp_path / "ids.jsonl", [
+        {"query": "q0", "positive": "shared", "negatives": ["a", "b"]},
+        {"query": "shared", "positive": "c", "negatives": ["shared", "a"]},   # queries get none
+        {"query": "q2", "positive": " a ", "negatives": ["d", "c"]},          # stripped first
+    ])
+    corpus = read_retrieval_jsonl(path, num_negatives=2, document_ids=True)
+    assert corpus.columns[4:] == ("doc_id_0", "doc_id_1", "doc_id_2")
+    assert corpus.num_text_columns == 4
+    assert [r[4:] for r in corpus.rows] == [(0.0, 1.0, 2.0), (3.0, 0.0, 1.0), (1.0, 4.0, 3.0)]
+    texts = {t: i for r in corpus.rows for t, i in zip(r[1:4], r[4:])}
+    assert len(set(texts.values())) == len(texts)     # one id per distinct text, exactly
+
+
 def test_bad_rows_are_counted_by_file_and_line(tmp_path):
     good = {"query": "q", "positive": "p", "negatives": ["n"]}
     path = _write(tmp_path / "bad.jsonl", [good] * 6 + [

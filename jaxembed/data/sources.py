@@ -240,8 +240,12 @@ def instructed(query: str, task: str, template: str = QUERY_TEMPLATE) -> str:
     return template.replace("{task}", task) + query if task else query
 
 
+DOCUMENT_ID_RANGE = 1 << 24  # ids are exact in a float32 column below this
+
+
 def read_retrieval_jsonl(path, *, num_negatives: int = 1, query_instruction: str = "",
-                         query_template: str = QUERY_TEMPLATE, max_chars: int = 2000) -> Corpus:
+                         query_template: str = QUERY_TEMPLATE, document_ids: bool = False,
+                         max_chars: int = 2000) -> Corpus:
     """JSONL ``{"query", "positive", "negatives": [str, ...], "instruction"?: str}``.
 
     Every row keeps its first ``num_negatives`` hard negatives (``K``; a row may list
@@ -252,8 +256,16 @@ def read_retrieval_jsonl(path, *, num_negatives: int = 1, query_instruction: str
     empty, and an empty ``"instruction"`` turns the default off for that row); positives and
     negatives never do. ``max_chars`` cuts each text before the instruction is added.
 
+    ``document_ids`` adds float columns ``doc_id_0 .. doc_id_K``: an integer per distinct
+    document text (positive, then negatives; numbered in file order, so every process
+    agrees), for ``info_nce(document_ids=...)`` to drop a row's positive where it recurs as
+    another row's document (Qwen3-Embedding's ``d_j = d_i⁺`` test). Ids are taken modulo
+    ``DOCUMENT_ID_RANGE`` (2**24, exact in float32): beyond 16.7M distinct documents two
+    texts can share an id, and then one negative of a row is dropped that need not be.
+
     Returns:
-        columns ``("query", "positive", "negative_0", .., "negative_{K-1}")``, all text.
+        columns ``("query", "positive", "negative_0", .., "negative_{K-1}"[, "doc_id_0",
+        .., "doc_id_K"])``, the first ``2 + K`` text.
 
     Example::
 
@@ -261,7 +273,7 @@ def read_retrieval_jsonl(path, *, num_negatives: int = 1, query_instruction: str
                                       query_instruction="Given a web search query, retrieve "
                                                         "relevant passages that answer the query")
     """
-    tally, rows = Tally(path), []
+    tally, rows, ids_of = Tally(path), [], {}
     for where, line in _jsonl_lines(path, tally):
         try:
             texts, instruction = _retrieval_record(line, num_negatives)
@@ -275,9 +287,12 @@ def read_retrieval_jsonl(path, *, num_negatives: int = 1, query_instruction: str
         task = query_instruction if instruction is None else instruction.strip()
         texts[0] = instructed(texts[0], task, query_template)
         tally.keep(truncated=truncated)
-        rows.append(tuple(texts))
-    columns = ("query", "positive", *[f"negative_{k}" for k in range(num_negatives)])
-    return tally.corpus(columns, rows, num_text_columns=len(columns))
+        ids = ([float(ids_of.setdefault(t, len(ids_of)) % DOCUMENT_ID_RANGE) for t in texts[1:]]
+               if document_ids else [])
+        rows.append((*texts, *ids))
+    texts = ("query", "positive", *[f"negative_{k}" for k in range(num_negatives)])
+    ids = tuple(f"doc_id_{k}" for k in range(1 + num_negatives)) if document_ids else ()
+    return tally.corpus(texts + ids, rows, num_text_columns=len(texts))
 
 
 def _jsonl_format(path) -> str:

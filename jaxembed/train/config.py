@@ -97,6 +97,8 @@ class TrainConfig:
     hard_negative_weight: float = 0.0    # log alpha added to each row's own hard negatives
     query_query_negatives: bool = False  # other queries of the batch in the denominator
     document_document_negatives: bool = False  # positive vs the batch's other documents
+    mask_duplicate_documents: bool = False  # retrieval_jsonl: a row's positive text recurring
+    #                                      as another document of the batch is no negative
     matryoshka_dims: tuple[int, ...] = ()  # InfoNCE summed over these prefix dims (MRL)
     dse_alpha: float = 0.5               # (1-a) task + a MSE(teacher)
     dse_task_loss: str = "mse"           # mse | bce | ce | none
@@ -266,6 +268,8 @@ _USED_BY = {
                  "query_query_negatives", "document_document_negatives")},
     **{k: (lambda c: retrieval_data(c), "only retrieval_jsonl data uses it")
        for k in ("num_negatives", "query_instruction", "query_template")},
+    "mask_duplicate_documents": (lambda c: c.objective == "simcse_sup" and retrieval_data(c),
+                                 "only simcse_sup on retrieval_jsonl data uses it"),
 }
 
 
@@ -283,7 +287,8 @@ def _unused_rules(c: TrainConfig) -> list[tuple[str, bool, str]]:
     for name, (used, why) in _USED_BY.items():
         where = f"objective={c.objective!r}" + (f", whitening_method={c.whitening_method!r}"
                                                  if name == "whitening_iterations" else "")
-        if name in ("num_negatives", "query_instruction", "query_template"):
+        if name in ("num_negatives", "query_instruction", "query_template",
+                    "mask_duplicate_documents"):
             where = f"data={c.data!r}, data_format={c.data_format!r}"
         out.append((name, used(c) or getattr(c, name) == defaults[name],
                     f"{defaults[name]!r} (the default) with {where}, which ignores it ({why})"))

@@ -22,7 +22,8 @@ complete :class:`Objective`.
 * ``simcse_sup`` (§4): (premise, entailment, contradiction) ->
   ``info_nce(z_p, z_e, negatives=z_c)``; generally (query, positive, K >= 0 hard
   negatives) -> ``info_nce(q, d⁺, [B, K, D])`` with ``hard_negative_weight``,
-  ``false_negative_margin`` (Qwen3-Embedding's mask) and, with ``matryoshka_dims``,
+  ``false_negative_margin`` (Qwen3-Embedding's mask), ``document_ids`` from the
+  reader's id columns (``mask_duplicate_documents``) and, with ``matryoshka_dims``,
   summed over those prefix dimensions (:func:`jaxembed.losses.matryoshka`).
 * ``whitenedcse`` (Zhuo et al. 2023, official code's order): ``num_views``
   dropout views ``[B, P, H]`` of raw [CLS] -> ``whitened_cse(views, key,
@@ -168,7 +169,13 @@ def simcse_sup(cfg: TrainConfig, enc) -> RepresentationLoss:
     def rep_loss(hp, z, key, batch):
         z = project(hp, z)
         neg = z[:, 2:] if z.shape[1] > 2 else None   # [B, K, D]
-        return loss(z[:, 0], z[:, 1], neg), {}
+        ids = None
+        if cfg.mask_duplicate_documents:   # the reader's doc_id_0..K float columns
+            ids = batch["scores"].astype(jnp.int32)
+            if ids.shape[1] != z.shape[1] - 1:
+                raise ValueError(f"mask_duplicate_documents needs {z.shape[1] - 1} document id "
+                                 f"columns (scores), got {ids.shape[1]}")
+        return loss(z[:, 0], z[:, 1], neg, document_ids=ids), {}
 
     return RepresentationLoss("simcse_sup", range(2, 3 + MAX_HARD_NEGATIVES), 1, init, rep_loss)
 

@@ -253,8 +253,9 @@ def abstract_step(cfg, devices) -> AbstractStep:
     tokens = jax.ShapeDtypeStruct((cfg.batch_size, columns, cfg.max_length), jnp.int32,
                                   sharding=shd.batch_sharding(mesh))
     batch = {"input_ids": tokens, "attention_mask": tokens, "token_type_ids": tokens}
-    if cfg.objective == "dse":
-        k = cfg.dse_out + (cfg.dse_task_loss != "none")
+    if cfg.objective == "dse" or cfg.mask_duplicate_documents:  # teacher / document ids
+        k = (cfg.dse_out + (cfg.dse_task_loss != "none") if cfg.objective == "dse"
+             else columns - 1)
         batch["scores"] = jax.ShapeDtypeStruct((cfg.batch_size, k), jnp.float32,
                                                sharding=shd.batch_sharding(mesh))
     step = make_train_step(objective.loss, tx, schedule, shardings, mesh,

@@ -208,7 +208,8 @@ def _read_corpus(cfg: TrainConfig, objective):
     """The corpus, checked against the objective; data problems become one-line RunErrors."""
     try:
         retrieval = (dict(num_negatives=cfg.num_negatives, query_instruction=cfg.query_instruction,
-                          query_template=cfg.query_template) if retrieval_data(cfg) else {})
+                          query_template=cfg.query_template,
+                          document_ids=cfg.mask_duplicate_documents) if retrieval_data(cfg) else {})
         corpus = read_source(cfg.data, data_format=cfg.data_format, max_chars=cfg.max_chars,
                              tfds_data_dir=cfg.tfds_data_dir, **retrieval)
     except (ValueError, FileNotFoundError) as e:
