@@ -82,3 +82,17 @@ def test_retrieval_settings_parse_and_guard_resume():
     assert config_changes(old, base) == []
     changed = config_changes(old, cfg)
     assert {k for k, *_ in changed} == {"false_negative_margin", "num_negatives", "matryoshka_dims"}
+
+
+def test_trainer_flops_of_a_decoder_count_its_own_shapes():
+    """A decoder has one token table and attention width heads x head_dim (the trainer's
+    FLOPs once read BERT's type_vocab_size from it and crashed)."""
+    from jaxembed.models.decoder.config import DecoderConfig
+    from jaxembed.train.flops import train_step_flops
+    from jaxembed.train.trainer import TINY_QWEN3
+
+    c = DecoderConfig.from_hf_dict(TINY_QWEN3)
+    n_total, t = 1_000_000, 16 * 9
+    dense = 6 * (n_total - 30522 * 32) * 16 * t
+    attn = 12 * 2 * 16 * (4 * 8) * 16 * t
+    assert train_step_flops(n_total, c, seq_len=16, sequences=t) == dense + attn
