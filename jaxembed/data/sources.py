@@ -18,6 +18,9 @@ Formats
     * ``pairs_jsonl``: ``{"sent0":.., "sent1":.., "teacher": float | [float],
       "label": optional float}`` per line (DSE distillation)
       -> ``("sent0", "sent1", "teacher_0".., ["label"])``.
+    * ``retrieval_jsonl``: ``{"query", "positive", "negatives": [..], "instruction"?}`` per
+      line (retrieval / LLM-embedder training, :func:`read_retrieval_jsonl`)
+      -> ``("query", "positive", "negative_0", .., "negative_{K-1}")``.
     * ``snli``: SentEval-format SNLI folder (``s1.SPLIT``, ``s2.SPLIT``,
       ``labels.SPLIT``) -> SimCSE triplets (premise, entailment, contradiction).
     * ``tfds``: ``tfds:NAME[/CONFIG]:SPLIT`` read through ArrayRecord with
@@ -35,12 +38,15 @@ import csv
 import json
 import math
 import pathlib
+from typing import Iterator
 
 from jaxembed.data.corpus import STAT_KEYS, Corpus, Tally, clean_texts
 from jaxembed.data.textfile import utf8_lines
 
 __all__ = ["STAT_KEYS", "Corpus", "read_lines", "read_triplets", "read_pairs_jsonl",
-           "snli_triplets", "read_source"]
+           "read_retrieval_jsonl", "snli_triplets", "read_source", "QUERY_TEMPLATE"]
+
+QUERY_TEMPLATE = "Instruct: {task}\nQuery:"  # Qwen3-Embedding's (e5-mistral adds a space)
 
 
 def read_lines(path, *, max_chars: int = 2000) -> Corpus:
@@ -133,20 +139,41 @@ def _finite_numbers(rec: dict, key: str) -> list[float]:
     return out
 
 
-def _pair_record(line: str) -> tuple[list[str], list[float], list[float]]:
-    """``(texts, teacher, label)`` of one JSONL line; ``ValueError`` saying what is wrong."""
+def _json_record(line: str, required: tuple[str, ...], strings: tuple[str, ...]) -> dict:
+    """One JSONL line as an object holding the ``required`` keys, with ``strings`` (those
+    present) strings; ``ValueError`` saying what is wrong."""
     try:
         rec = json.loads(line)
     except json.JSONDecodeError as e:
         raise ValueError(f"not JSON ({e})") from None
     if not isinstance(rec, dict):
         raise ValueError(f"a JSON object expected, got {type(rec).__name__}")
-    missing = [k for k in ("sent0", "sent1", "teacher") if k not in rec]
+    missing = [k for k in required if k not in rec]
     if missing:
         raise ValueError(f"no {', '.join(repr(k) for k in missing)}")
-    for k in ("sent0", "sent1"):
-        if not isinstance(rec[k], str):
+    for k in strings:
+        if k in rec and not isinstance(rec[k], str):
             raise ValueError(f"'{k}' is {type(rec[k]).__name__} {rec[k]!r}, not a string")
+    return rec
+
+
+def _jsonl_lines(path, tally: Tally) -> Iterator[tuple[str, str]]:
+    """``("FILE:LINE", line)`` for every non-empty UTF-8 line of ``path``; ``tally`` counts
+    every line read and the undecodable and empty ones."""
+    for lineno, line in utf8_lines(path):
+        tally.read()
+        where = f"{path}:{lineno}"
+        if line is None:
+            tally.not_utf8(where)
+        elif not line.strip():
+            tally.empty()
+        else:
+            yield where, line
+
+
+def _pair_record(line: str) -> tuple[list[str], list[float], list[float]]:
+    """``(texts, teacher, label)`` of one JSONL line; ``ValueError`` saying what is wrong."""
+    rec = _json_record(line, ("sent0", "sent1", "teacher"), ("sent0", "sent1"))
     teacher = _finite_numbers(rec, "teacher")
     label = _finite_numbers(rec, "label") if "label" in rec else []
     if len(label) > 1:
@@ -164,15 +191,7 @@ def read_pairs_jsonl(path, *, max_chars: int = 2000) -> Corpus:
     """
     tally, rows = Tally(path), []
     n_teacher, has_label = None, None
-    for lineno, line in utf8_lines(path):
-        tally.read()
-        where = f"{path}:{lineno}"
-        if line is None:
-            tally.not_utf8(where)
-            continue
-        if not line.strip():
-            tally.empty()
-            continue
+    for where, line in _jsonl_lines(path, tally):
         try:
             texts, teacher, label = _pair_record(line)
         except ValueError as e:
@@ -197,6 +216,96 @@ def read_pairs_jsonl(path, *, max_chars: int = 2000) -> Corpus:
     if has_label:
         columns += ("label",)
     return tally.corpus(columns, rows, num_text_columns=2)
+
+
+def _retrieval_record(line: str, num_negatives: int) -> tuple[list[str], str | None]:
+    """``([query, positive, negative_0..K-1], instruction or None)`` of one JSONL line (the
+    first ``num_negatives`` negatives); ``ValueError`` saying what is wrong."""
+    rec = _json_record(line, ("query", "positive") + (("negatives",) if num_negatives else ()),
+                       ("query", "positive", "instruction"))
+    negatives = rec.get("negatives", [])
+    if not isinstance(negatives, list):
+        raise ValueError(f"'negatives' is {type(negatives).__name__}, not a list of strings")
+    bad = [n for n in negatives if not isinstance(n, str)]
+    if bad:
+        raise ValueError(f"'negatives' holds {type(bad[0]).__name__} {bad[0]!r}, not a string")
+    if len(negatives) < num_negatives:
+        raise ValueError(f"{len(negatives)} negatives, fewer than num_negatives={num_negatives}")
+    return [rec["query"], rec["positive"], *negatives[:num_negatives]], rec.get("instruction")
+
+
+def instructed(query: str, task: str, template: str = QUERY_TEMPLATE) -> str:
+    """``query`` behind ``template`` with ``{task}`` filled in, or as it is when ``task`` is
+    empty: ``instructed("jax?", "find docs") == "Instruct: find docs\nQuery:jax?"``."""
+    return template.replace("{task}", task) + query if task else query
+
+
+DOCUMENT_ID_RANGE = 1 << 24  # ids are exact in a float32 column below this
+
+
+def read_retrieval_jsonl(path, *, num_negatives: int = 1, query_instruction: str = "",
+                         query_template: str = QUERY_TEMPLATE, document_ids: bool = False,
+                         max_chars: int = 2000) -> Corpus:
+    """JSONL ``{"query", "positive", "negatives": [str, ...], "instruction"?: str}``.
+
+    Every row keeps its first ``num_negatives`` hard negatives (``K``; a row may list
+    more; one with fewer is skipped as invalid, named by ``FILE:LINE``), so batches have the
+    static shape ``[B, 2 + K, L]``; ``K = 0`` reads (query, positive) pairs and needs no
+    ``negatives``. The query gets the instruction (``instructed``: ``query_template`` with
+    ``{task}`` = the row's ``"instruction"``, else ``query_instruction``; none when both are
+    empty, and an empty ``"instruction"`` turns the default off for that row); positives and
+    negatives never do. ``max_chars`` cuts each text before the instruction is added.
+
+    ``document_ids`` adds float columns ``doc_id_0 .. doc_id_K``: an integer per distinct
+    document text (positive, then negatives; numbered in file order, so every process
+    agrees), for ``info_nce(document_ids=...)`` to drop a row's positive where it recurs as
+    another row's document (Qwen3-Embedding's ``d_j = d_i⁺`` test). Ids are taken modulo
+    ``DOCUMENT_ID_RANGE`` (2**24, exact in float32): beyond 16.7M distinct documents two
+    texts can share an id, and then one negative of a row is dropped that need not be.
+
+    Returns:
+        columns ``("query", "positive", "negative_0", .., "negative_{K-1}"[, "doc_id_0",
+        .., "doc_id_K"])``, the first ``2 + K`` text.
+
+    Example::
+
+        corpus = read_retrieval_jsonl("train.jsonl", num_negatives=7,
+                                      query_instruction="Given a web search query, retrieve "
+                                                        "relevant passages that answer the query")
+    """
+    tally, rows, ids_of = Tally(path), [], {}
+    for where, line in _jsonl_lines(path, tally):
+        try:
+            texts, instruction = _retrieval_record(line, num_negatives)
+        except ValueError as e:
+            tally.invalid(where, str(e))
+            continue
+        texts, truncated = clean_texts(texts, max_chars=max_chars)
+        if texts is None:
+            tally.empty()
+            continue
+        task = query_instruction if instruction is None else instruction.strip()
+        texts[0] = instructed(texts[0], task, query_template)
+        tally.keep(truncated=truncated)
+        ids = ([float(ids_of.setdefault(t, len(ids_of)) % DOCUMENT_ID_RANGE) for t in texts[1:]]
+               if document_ids else [])
+        rows.append((*texts, *ids))
+    texts = ("query", "positive", *[f"negative_{k}" for k in range(num_negatives)])
+    ids = tuple(f"doc_id_{k}" for k in range(1 + num_negatives)) if document_ids else ()
+    return tally.corpus(texts + ids, rows, num_text_columns=len(texts))
+
+
+def _jsonl_format(path) -> str:
+    """``retrieval_jsonl`` when the first non-empty line of ``path`` is an object with a
+    ``"query"``, else ``pairs_jsonl`` (whose reader reports what is wrong)."""
+    for _, line in utf8_lines(path):
+        if line is not None and line.strip():
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError:
+                break
+            return "retrieval_jsonl" if isinstance(rec, dict) and "query" in rec else "pairs_jsonl"
+    return "pairs_jsonl"
 
 
 SNLI_LABELS = ("entailment", "neutral", "contradiction")
@@ -243,11 +352,14 @@ def snli_triplets(directory, split: str, *, max_chars: int = 2000) -> Corpus:
 
 
 def read_source(spec: str, *, data_format: str = "auto", max_chars: int = 2000,
-                tfds_data_dir: str = "") -> Corpus:
+                tfds_data_dir: str = "", **retrieval) -> Corpus:
     """Dispatch on ``data_format`` (``auto``: by prefix/extension).
 
     ``snli:DIR:SPLIT`` -> :func:`snli_triplets`; ``tfds:NAME/CONFIG:SPLIT`` ->
-    TFDS; ``.csv``/``.tsv`` -> triplets; ``.jsonl`` -> pairs; otherwise lines.
+    TFDS; ``.csv``/``.tsv`` -> triplets; ``.jsonl`` -> retrieval rows when its first
+    record has a ``"query"``, else DSE pairs; otherwise lines. ``retrieval``
+    (``num_negatives``, ``query_instruction``, ``query_template``) goes to
+    :func:`read_retrieval_jsonl`.
     """
     fmt = data_format
     if fmt == "auto":
@@ -258,7 +370,7 @@ def read_source(spec: str, *, data_format: str = "auto", max_chars: int = 2000,
         elif spec.endswith((".csv", ".tsv", ".tab")):
             fmt = "triplets"
         elif spec.endswith(".jsonl"):
-            fmt = "pairs_jsonl"
+            fmt = _jsonl_format(spec)
         else:
             fmt = "lines"
     if fmt == "snli":
@@ -268,5 +380,7 @@ def read_source(spec: str, *, data_format: str = "auto", max_chars: int = 2000,
         from jaxembed.data.tfds_source import read_tfds
 
         return read_tfds(spec, data_dir=tfds_data_dir or None, max_chars=max_chars)
+    if fmt == "retrieval_jsonl":
+        return read_retrieval_jsonl(spec, max_chars=max_chars, **retrieval)
     reader = {"lines": read_lines, "triplets": read_triplets, "pairs_jsonl": read_pairs_jsonl}[fmt]
     return reader(spec, max_chars=max_chars)

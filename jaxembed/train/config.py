@@ -50,11 +50,11 @@ from typing import Any, Optional, Sequence
 from jaxembed.train.errors import ConfigError
 
 OBJECTIVES = ("simcse_unsup", "simcse_sup", "whitenedcse", "dse")
-DATA_FORMATS = ("auto", "lines", "triplets", "pairs_jsonl", "snli", "tfds")
+DATA_FORMATS = ("auto", "lines", "triplets", "pairs_jsonl", "retrieval_jsonl", "snli", "tfds")
 # kept equal to jaxembed.models.pooling.POOLING_METHODS,
 # jaxembed.losses.whitening_matrices.METHODS and jaxembed.models.dropout_rng.DROPOUT_RNGS by
 # tests/test_train_config.py (importing them here would load jax just to read a config)
-POOLINGS = ("cls", "cls_before_pooler", "mean", "max", "last4_mean")
+POOLINGS = ("cls", "cls_before_pooler", "mean", "max", "last4_mean", "last_token")
 WHITENING_METHODS = ("eigh", "cholesky", "newton_schulz")
 DSE_TASK_LOSSES = ("mse", "bce", "ce", "none")
 DROPOUT_RNGS = ("auto", "threefry", "rbg", "unsafe_rbg")
@@ -91,6 +91,15 @@ class TrainConfig:
     whitening_stop_gradient: bool = True  # whitening matrix as a constant (the official code)
     whitening_iterations: int = 5        # Newton-Schulz steps (whitening_method="newton_schulz")
     info_nce_chunk: int = 0              # >0: stream InfoNCE over blocks of this many candidates
+    # simcse_sup's InfoNCE on (query, positive, hard negatives...): see jaxembed.losses.info_nce
+    false_negative_margin: Optional[float] = None  # drop negatives scoring > positive + this
+    #                                      (Qwen3-Embedding: 0.1); None: off
+    hard_negative_weight: float = 0.0    # log alpha added to each row's own hard negatives
+    query_query_negatives: bool = False  # other queries of the batch in the denominator
+    document_document_negatives: bool = False  # positive vs the batch's other documents
+    mask_duplicate_documents: bool = False  # retrieval_jsonl: a row's positive text recurring
+    #                                      as another document of the batch is no negative
+    matryoshka_dims: tuple[int, ...] = ()  # InfoNCE summed over these prefix dims (MRL)
     dse_alpha: float = 0.5               # (1-a) task + a MSE(teacher)
     dse_task_loss: str = "mse"           # mse | bce | ce | none
     dse_hidden: int = 512
@@ -106,6 +115,10 @@ class TrainConfig:
     data: str = ""                       # path, or "snli:DIR:SPLIT", or "tfds:NAME/CONFIG:SPLIT"
     data_format: str = "auto"
     tfds_data_dir: str = ""
+    num_negatives: int = 1               # retrieval_jsonl: hard negatives per row (first K)
+    query_instruction: str = ""          # retrieval_jsonl: the task of rows without their own
+    query_template: str = "Instruct: {task}\nQuery:"  # retrieval_jsonl: prefix of instructed
+    #                                      queries (Qwen3-Embedding's; documents get none)
     max_length: int = 32
     max_chars: int = 2000                # longer lines are truncated (and counted)
     batch_size: int = 64                 # global batch, sentences (not rows x views)
@@ -171,6 +184,14 @@ def _rules(c: TrainConfig) -> list[tuple[str, bool, str]]:
          f"one of {WHITENING_METHODS}"),
         ("whitening_iterations", c.whitening_iterations >= 1, ">= 1"),
         ("info_nce_chunk", c.info_nce_chunk >= 0, ">= 0 (0: the whole logits at once)"),
+        ("false_negative_margin", c.false_negative_margin is None
+         or (finite(c.false_negative_margin) and c.false_negative_margin >= 0),
+         "None (off) or finite and >= 0"),
+        ("hard_negative_weight", finite(c.hard_negative_weight), "finite"),
+        ("matryoshka_dims", all(d >= 1 for d in c.matryoshka_dims)
+         and len(set(c.matryoshka_dims)) == len(c.matryoshka_dims), "distinct dimensions >= 1"),
+        ("num_negatives", c.num_negatives >= 0, ">= 0"),
+        ("query_template", "{task}" in c.query_template, "a template holding {task}"),
         ("dse_alpha", unit(c.dse_alpha), "in [0, 1]"),
         ("dse_task_loss", c.dse_task_loss in DSE_TASK_LOSSES, f"one of {DSE_TASK_LOSSES}"),
         ("dse_hidden", c.dse_hidden >= 1, ">= 1"),
@@ -222,6 +243,8 @@ def _combination_rules(c: TrainConfig) -> list[tuple[str, bool, str]]:
         ("train_pooling", not (m2d and c.train_pooling == "last4_mean"),
          "cls, cls_before_pooler, mean or max with matryoshka_2d (it pools each layer on its own)"),
         ("grad_cache_chunk", not (m2d and c.grad_cache_chunk), "0 with matryoshka_2d"),
+        ("matryoshka_dims", not (m2d and c.matryoshka_dims),
+         "() with matryoshka_2d (set its m2d_dims instead)"),
         ("grad_cache_chunk", c.grad_cache_chunk <= 0 or c.batch_size % c.grad_cache_chunk == 0,
          f"a divisor of batch_size {c.batch_size}"),
     ]
@@ -240,7 +263,21 @@ _USED_BY = {
                              'only whitenedcse with whitening_method="newton_schulz" uses it'),
     "info_nce_chunk": (lambda c: c.objective != "dse", "dse has no InfoNCE"),
     "dse_dropout": (lambda c: c.objective == "dse", "only dse uses it"),
+    **{k: (lambda c: c.objective == "simcse_sup", "only simcse_sup uses it")
+       for k in ("false_negative_margin", "hard_negative_weight", "matryoshka_dims",
+                 "query_query_negatives", "document_document_negatives")},
+    **{k: (lambda c: retrieval_data(c), "only retrieval_jsonl data uses it")
+       for k in ("num_negatives", "query_instruction", "query_template")},
+    "mask_duplicate_documents": (lambda c: c.objective == "simcse_sup" and retrieval_data(c),
+                                 "only simcse_sup on retrieval_jsonl data uses it"),
 }
+
+
+def retrieval_data(c: TrainConfig) -> bool:
+    """Whether ``c.data`` may be retrieval JSONL: ``data_format="retrieval_jsonl"``, or
+    ``auto`` with a ``.jsonl`` file (told from DSE pairs by its first record)."""
+    return c.data_format == "retrieval_jsonl" or (c.data_format == "auto"
+                                                  and c.data.endswith(".jsonl"))
 
 
 def _unused_rules(c: TrainConfig) -> list[tuple[str, bool, str]]:
@@ -250,6 +287,9 @@ def _unused_rules(c: TrainConfig) -> list[tuple[str, bool, str]]:
     for name, (used, why) in _USED_BY.items():
         where = f"objective={c.objective!r}" + (f", whitening_method={c.whitening_method!r}"
                                                  if name == "whitening_iterations" else "")
+        if name in ("num_negatives", "query_instruction", "query_template",
+                    "mask_duplicate_documents"):
+            where = f"data={c.data!r}, data_format={c.data_format!r}"
         out.append((name, used(c) or getattr(c, name) == defaults[name],
                     f"{defaults[name]!r} (the default) with {where}, which ignores it ({why})"))
     return out
@@ -264,8 +304,9 @@ def _type_problems(c: TrainConfig) -> list[str]:
             elem = typing.get_args(typ)[0]
             ok = isinstance(v, tuple) and all(isinstance(x, elem) and not isinstance(x, bool)
                                               for x in v)
-        elif typ is float:
-            ok = isinstance(v, (int, float)) and not isinstance(v, bool)
+        elif typ in (float, Optional[float]):
+            ok = ((v is None and typ is not float)
+                  or (isinstance(v, (int, float)) and not isinstance(v, bool)))
         elif typ is int:
             ok = isinstance(v, int) and not isinstance(v, bool)
         else:
@@ -355,8 +396,8 @@ def parse_value(key: str, text: str) -> Any:
         raise ValueError(f"{key}: cannot parse {text!r} as bool")
     if typ is int:
         return int(text)
-    if typ is float:
-        return float(text)
+    if typ in (float, Optional[float]):
+        return None if typ is not float and text.lower() in ("", "none", "null") else float(text)
     if typ == Optional[dict]:  # JSON, e.g. lora='{"target": "...", "rank": 8, "alpha": 16}'
         import json
 

@@ -64,7 +64,12 @@ def encoder_train_flops(*, n_params: float, layers: int, hidden: int, seq_len: i
 
 def train_step_flops(n_total: int, config, *, seq_len: int, sequences: int) -> float:
     """:func:`encoder_train_flops` for a model of ``n_total`` parameters (encoder + heads)
-    with the shapes of ``config`` (an ``EncoderConfig``); the embedding tables are excluded."""
+    with the shapes of ``config`` (an ``EncoderConfig``, or a ``DecoderConfig``:
+    :func:`jaxembed.train.plan_decoder.decoder_step_flops`); the embedding tables are excluded."""
+    if hasattr(config, "head_dim"):  # a decoder: one token table, attention heads x head_dim
+        from jaxembed.train.plan_decoder import decoder_step_flops
+
+        return decoder_step_flops(n_total, config, seq_len=seq_len, sequences=sequences)
     n = non_embedding_params(n_total, vocab_size=config.vocab_size,
                              max_positions=config.max_position_embeddings,
                              type_vocab_size=config.type_vocab_size, hidden=config.hidden_size)

@@ -20,7 +20,11 @@ complete :class:`Objective`.
   (``train_pooling``, default raw [CLS]) -> ``ProjectionHead`` (Linear+tanh,
   training only) -> ``info_nce(z1, z2, temperature)``.
 * ``simcse_sup`` (§4): (premise, entailment, contradiction) ->
-  ``info_nce(z_p, z_e, negatives=z_c)``.
+  ``info_nce(z_p, z_e, negatives=z_c)``; generally (query, positive, K >= 0 hard
+  negatives) -> ``info_nce(q, d⁺, [B, K, D])`` with ``hard_negative_weight``,
+  ``false_negative_margin`` (Qwen3-Embedding's mask), ``document_ids`` from the
+  reader's id columns (``mask_duplicate_documents``) and, with ``matryoshka_dims``,
+  summed over those prefix dimensions (:func:`jaxembed.losses.matryoshka`).
 * ``whitenedcse`` (Zhuo et al. 2023, official code's order): ``num_views``
   dropout views ``[B, P, H]`` of raw [CLS] -> ``whitened_cse(views, key,
   num_groups, projection=ProjectionHead)``: shuffled group whitening per view,
@@ -144,18 +148,36 @@ def simcse_unsup(cfg: TrainConfig, enc) -> RepresentationLoss:
     return RepresentationLoss("simcse_unsup", (1,), 2, init, rep_loss)
 
 
+# simcse_sup reads (anchor, positive, hard negative 0, .., K-1): any K up to this
+MAX_HARD_NEGATIVES = 1024
+
+
 def simcse_sup(cfg: TrainConfig, enc) -> RepresentationLoss:
-    from jaxembed.losses import info_nce
+    import functools
+
+    from jaxembed.losses import info_nce, matryoshka
 
     init, project = _projection(cfg, _pooled_width(enc, cfg))
+    loss = functools.partial(info_nce, temperature=cfg.temperature, chunk_size=_chunk(cfg),
+                             hard_negative_weight=cfg.hard_negative_weight,
+                             false_negative_margin=cfg.false_negative_margin,
+                             query_query_negatives=cfg.query_query_negatives,
+                             document_document_negatives=cfg.document_document_negatives)
+    if cfg.matryoshka_dims:
+        loss = matryoshka(loss, cfg.matryoshka_dims)
 
     def rep_loss(hp, z, key, batch):
         z = project(hp, z)
-        neg = z[:, 2] if z.shape[1] > 2 else None
-        return info_nce(z[:, 0], z[:, 1], neg, temperature=cfg.temperature,
-                        chunk_size=_chunk(cfg)), {}
+        neg = z[:, 2:] if z.shape[1] > 2 else None   # [B, K, D]
+        ids = None
+        if cfg.mask_duplicate_documents:   # the reader's doc_id_0..K float columns
+            ids = batch["scores"].astype(jnp.int32)
+            if ids.shape[1] != z.shape[1] - 1:
+                raise ValueError(f"mask_duplicate_documents needs {z.shape[1] - 1} document id "
+                                 f"columns (scores), got {ids.shape[1]}")
+        return loss(z[:, 0], z[:, 1], neg, document_ids=ids), {}
 
-    return RepresentationLoss("simcse_sup", (2, 3), 1, init, rep_loss)
+    return RepresentationLoss("simcse_sup", range(2, 3 + MAX_HARD_NEGATIVES), 1, init, rep_loss)
 
 
 def whitenedcse(cfg: TrainConfig, enc) -> RepresentationLoss:

@@ -236,6 +236,7 @@ def abstract_step(cfg, devices) -> AbstractStep:
     from jaxembed.train import sharding as shd
     from jaxembed.train.objectives import build_objective
     from jaxembed.train.flops import train_step_flops
+    from jaxembed.train.config import retrieval_data
     from jaxembed.train.step import encoder_logical_axes, make_train_step
 
     mesh = shd.make_mesh(data=cfg.mesh_data, fsdp=cfg.mesh_fsdp, devices=devices)
@@ -247,11 +248,14 @@ def abstract_step(cfg, devices) -> AbstractStep:
     logical = {"encoder": encoder_logical_axes(enc), "head": head_names}
     tx, schedule, shardings, state = abstract_state(cfg, params, mesh, logical=logical)
     columns = max(objective.text_columns)
+    if cfg.objective == "simcse_sup":  # triplets, or (query, positive, K negatives) rows
+        columns = 2 + cfg.num_negatives if retrieval_data(cfg) else 3
     tokens = jax.ShapeDtypeStruct((cfg.batch_size, columns, cfg.max_length), jnp.int32,
                                   sharding=shd.batch_sharding(mesh))
     batch = {"input_ids": tokens, "attention_mask": tokens, "token_type_ids": tokens}
-    if cfg.objective == "dse":
-        k = cfg.dse_out + (cfg.dse_task_loss != "none")
+    if cfg.objective == "dse" or cfg.mask_duplicate_documents:  # teacher / document ids
+        k = (cfg.dse_out + (cfg.dse_task_loss != "none") if cfg.objective == "dse"
+             else columns - 1)
         batch["scores"] = jax.ShapeDtypeStruct((cfg.batch_size, k), jnp.float32,
                                                sharding=shd.batch_sharding(mesh))
     step = make_train_step(objective.loss, tx, schedule, shardings, mesh,

@@ -54,6 +54,10 @@ def decoder_config(cfg, decoder_shape: str | dict | None = None):
             raise ValueError(f"unknown decoder shape {decoder_shape!r}; presets: "
                              f"{', '.join(DECODER_SHAPES)}")
         decoder_shape = DECODER_SHAPES[decoder_shape]
+    if decoder_shape is None and cfg.model == "tiny-random-qwen3":  # the trainer's smoke model
+        from jaxembed.train.trainer import TINY_QWEN3
+
+        decoder_shape = TINY_QWEN3
     if decoder_shape is not None:
         return config_from_hf(dict(decoder_shape))
     path = pathlib.Path(cfg.model or ".").expanduser() / "config.json"

