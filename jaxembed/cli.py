@@ -8,6 +8,7 @@ Subcommands live next to what they run; each module exposes
     jaxembed plan CONFIG --topology v5p:2x2x2 [--set key=value ...] [--json]
     jaxembed eval-sts --model PATH_OR_ID --data-dir DIR [--json]
     jaxembed encode --model PATH_OR_ID --input FILE --output DIR [--field NAME] [--prompt TEXT]
+    jaxembed mine --model PATH_OR_ID --queries PAIRS.jsonl [--corpus FILE] --out FILE.jsonl
     jaxembed eval-mteb --model PATH_OR_ID --tasks STSBenchmark,... [--output-dir DIR]
     jaxembed align --src-emb A.vec --tgt-emb B.vec --train-dict D1 --test-dict D2
     jaxembed merge --method METHOD --base DIR --models DIR... --out DIR [--weights W...]
@@ -26,6 +27,7 @@ _COMMANDS = {
     "plan": ("jaxembed.train.plan_cli", "compile a step for a TPU topology: memory, FLOPs, MFU"),
     "eval-sts": ("jaxembed.eval.cli", "STS12-16, STS-B, SICK-R (Spearman x 100)"),
     "encode": ("jaxembed.bulk.cli", "embed a text/JSONL file into .npy shards, resumably"),
+    "mine": ("jaxembed.bulk.mine_cli", "mine hard negatives into retrieval-training JSONL"),
     "eval-mteb": ("jaxembed.integrations.mteb_cli", "MTEB tasks scored by the mteb package"),
     "align": ("jaxembed.align.cli", "Procrustes/CSLS alignment and BLI evaluation"),
     "merge": ("jaxembed.merge.cli", "merge model folders: task arithmetic, slerp, TIES, DARE, ..."),

@@ -7,7 +7,9 @@
   :func:`row_lines`;
 * :mod:`~jaxembed.bulk.encode`: :func:`encode_file`, the loop joining them
   around ``Encoder.encode`` on all local devices;
-* :mod:`~jaxembed.bulk.cli`: the ``jaxembed encode`` subcommand.
+* :mod:`~jaxembed.bulk.cli`: the ``jaxembed encode`` subcommand;
+* :mod:`~jaxembed.bulk.mine` / :mod:`~jaxembed.bulk.mine_cli`: ``jaxembed mine``, hard
+  negatives for retrieval training.
 
 Example::
 
