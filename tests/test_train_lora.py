@@ -25,7 +25,7 @@ WORDS = "the a man woman dog cat runs sits on under red blue big small house car
 def _batch(enc, rng, rows, columns=1, length=16):
     texts = [" ".join(rng.choice(WORDS, size=rng.integers(2, 10))) for _ in range(rows * columns)]
     tok = enc.tokenize(texts, max_length=length, pad_to=length)
-    return {k: np.asarray(v).reshape(rows, columns, length) for k, v in tok.items()}
+    return {k: np.asarray(v).reshape(rows, columns, -1) for k, v in tok.items()}  # [R, C, L|1]
 
 
 def test_config_validates_lora_fields():
