@@ -24,11 +24,9 @@ from __future__ import annotations
 import argparse
 import os
 import pathlib
-import statistics
 import tempfile
-import time
 
-from benchmarks.harness import ab_rounds, emit, machine
+from benchmarks.harness import emit, encode_ab, machine
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -114,8 +112,6 @@ def torch_encoder(folder: pathlib.Path, *, batch_size: int, max_length: int):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    import numpy as np
-
     from jaxembed.models.encoder import Encoder
 
     corpus = pathlib.Path(args.corpus) if args.corpus else (CORPUS if CORPUS.is_file()
@@ -136,29 +132,8 @@ def main(argv=None) -> int:
         def run_jax(texts):
             return enc.encode(texts, batch_size=args.batch_size)
 
-        t = time.perf_counter()
-        for part in slices:
-            enc.precompile(part, batch_size=args.batch_size)
-        compile_s, n_shapes = time.perf_counter() - t, enc._trace_count
-        t = time.perf_counter()
-        a = run_jax(slices[0])
-        warm_jax = time.perf_counter() - t
-        t = time.perf_counter()
-        b = run_torch(slices[0])
-        warm_torch = time.perf_counter() - t
-        max_diff = float(np.abs(a - b).max())
-
-        jax_rates, torch_rates, ratios, cpu_ratios = [], [], [], []
-        for r, (wall_jax, wall_torch, cpu_jax, cpu_torch) in enumerate(
-                ab_rounds(run_jax, run_torch, slices[1:]), start=1):
-            jax_rates.append(args.n / wall_jax)
-            torch_rates.append(args.n / wall_torch)
-            ratios.append(wall_torch / wall_jax)
-            cpu_ratios.append(cpu_torch / cpu_jax)
-            emit({"round": r, "jaxembed_sent_per_s": round(jax_rates[-1], 1),
-                  "transformers_sent_per_s": round(torch_rates[-1], 1),
-                  "speedup": round(ratios[-1], 3), "cpu_time_speedup": round(cpu_ratios[-1], 3)},
-                 args.out)
+        summary = encode_ab(enc, run_jax, run_torch, slices, batch_size=args.batch_size,
+                            ref="transformers", out=args.out)
         emit({
             "benchmark": "decoder_encode",
             "model": f"random qwen3 {args.size}",
@@ -168,15 +143,7 @@ def main(argv=None) -> int:
             "rounds": args.rounds,
             "batch_size": args.batch_size,
             "max_length": args.max_length,
-            "jaxembed_sent_per_s": round(statistics.median(jax_rates), 1),
-            "transformers_sent_per_s": round(statistics.median(torch_rates), 1),
-            "speedup_median": round(statistics.median(ratios), 3),
-            "cpu_time_speedup_median": round(statistics.median(cpu_ratios), 3),
-            "warmup_s": {"jaxembed": round(warm_jax, 2), "transformers": round(warm_torch, 2)},
-            "compile_s": round(compile_s, 2),
-            "compiled_shapes": n_shapes,
-            "traces_after_precompile": enc._trace_count - n_shapes,
-            "max_abs_diff": max_diff,
+            **summary,
             **machine(),
         }, args.out)
     return 0

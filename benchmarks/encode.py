@@ -24,10 +24,8 @@ from __future__ import annotations
 import argparse
 import os
 import pathlib
-import statistics
-import time
 
-from benchmarks.harness import ab_rounds, emit, machine
+from benchmarks.harness import emit, encode_ab, machine
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -54,7 +52,6 @@ def main() -> None:
             os.environ.get("XLA_FLAGS", "") + " --xla_cpu_experimental_onednn_custom_call=true"
         ).strip()
 
-    import numpy as np
     from sentence_transformers import SentenceTransformer
 
     from jaxembed.models.encoder import Encoder
@@ -80,36 +77,8 @@ def main() -> None:
     def run_st(texts):
         return st.encode(texts, batch_size=args.batch_size, convert_to_numpy=True)
 
-    # compile every shape the timed rounds will use, then warm up both on the first slice
-    t = time.perf_counter()
-    for part in slices:  # shapes depend on how texts are batched: precompile per call
-        enc.precompile(part, batch_size=args.batch_size)
-    n_shapes = enc._trace_count
-    compile_s = time.perf_counter() - t
-    t = time.perf_counter()
-    a = run_jax(slices[0])
-    warm_jax = time.perf_counter() - t
-    t = time.perf_counter()
-    b = run_st(slices[0])
-    warm_st = time.perf_counter() - t
-    max_diff = float(np.abs(a - b).max())
-
-    jax_rates, st_rates, ratios, cpu_ratios = [], [], [], []
-    for r, (wall_jax, wall_st, cpu_jax, cpu_st) in enumerate(
-            ab_rounds(run_jax, run_st, slices[1:]), start=1):
-        jax_rates.append(args.n / wall_jax)
-        st_rates.append(args.n / wall_st)
-        ratios.append(wall_st / wall_jax)
-        cpu_ratios.append(cpu_st / cpu_jax)
-        emit(
-            {
-                "round": r,
-                "jaxembed_sent_per_s": round(jax_rates[-1], 1),
-                "sentence_transformers_sent_per_s": round(st_rates[-1], 1),
-                "speedup": round(ratios[-1], 3),
-                "cpu_time_speedup": round(cpu_ratios[-1], 3),
-            }
-        )
+    summary = encode_ab(enc, run_jax, run_st, slices, batch_size=args.batch_size,
+                        ref="sentence_transformers")
     result = {
         "benchmark": "encode",
         "model": model_name,
@@ -117,15 +86,7 @@ def main() -> None:
         "n_per_round": args.n,
         "rounds": args.rounds,
         "batch_size": args.batch_size,
-        "jaxembed_sent_per_s": round(statistics.median(jax_rates), 1),
-        "sentence_transformers_sent_per_s": round(statistics.median(st_rates), 1),
-        "speedup_median": round(statistics.median(ratios), 3),
-        "cpu_time_speedup_median": round(statistics.median(cpu_ratios), 3),
-        "warmup_s": {"jaxembed": round(warm_jax, 2), "sentence_transformers": round(warm_st, 2)},
-        "compile_s": round(compile_s, 2),
-        "compiled_shapes": n_shapes,
-        "traces_after_precompile": enc._trace_count - n_shapes,
-        "max_abs_diff": max_diff,
+        **summary,
         **machine(),
     }
     emit(result)

@@ -106,6 +106,51 @@ def ab_rounds(a: Callable[[Any], Any], b: Callable[[Any], Any],
     return rounds
 
 
+def encode_ab(enc, run_jax: Callable[[list], Any], run_ref: Callable[[list], Any],
+              slices: list[list[str]], *, batch_size: int, ref: str,
+              out: str | os.PathLike | None = None) -> dict:
+    """``Encoder.encode`` (``run_jax``) against a reference encoder (``run_ref``) on text
+    ``slices``: precompile every shape, warm both up on ``slices[0]`` (their max |diff|),
+    then one :func:`ab_rounds` round per further slice, a JSON line each. Returns the
+    summary fields (medians, warm-up, compile time and shapes, max |diff|); ``ref`` names
+    the reference in the keys (``"{ref}_sent_per_s"``)."""
+    import statistics
+
+    import numpy as np
+
+    t = time.perf_counter()
+    for part in slices:  # shapes depend on how texts are batched: precompile per call
+        enc.precompile(part, batch_size=batch_size)
+    compile_s, n_shapes = time.perf_counter() - t, enc._trace_count
+    warm, first = {}, {}
+    for name, fn in (("jaxembed", run_jax), (ref, run_ref)):
+        t = time.perf_counter()
+        first[name] = np.asarray(fn(slices[0]))
+        warm[name] = round(time.perf_counter() - t, 2)
+    rates = {"jaxembed": [], ref: []}
+    ratios, cpu_ratios = [], []
+    for r, (wall_jax, wall_ref, cpu_jax, cpu_ref) in enumerate(
+            ab_rounds(run_jax, run_ref, slices[1:]), start=1):
+        n = len(slices[r])
+        rates["jaxembed"].append(n / wall_jax)
+        rates[ref].append(n / wall_ref)
+        ratios.append(wall_ref / wall_jax)
+        cpu_ratios.append(cpu_ref / cpu_jax)
+        emit({"round": r, "jaxembed_sent_per_s": round(rates["jaxembed"][-1], 1),
+              f"{ref}_sent_per_s": round(rates[ref][-1], 1), "speedup": round(ratios[-1], 3),
+              "cpu_time_speedup": round(cpu_ratios[-1], 3)}, out)
+    return {
+        **{f"{k}_sent_per_s": round(statistics.median(v), 1) for k, v in rates.items()},
+        "speedup_median": round(statistics.median(ratios), 3),
+        "cpu_time_speedup_median": round(statistics.median(cpu_ratios), 3),
+        "warmup_s": warm,
+        "compile_s": round(compile_s, 2),
+        "compiled_shapes": n_shapes,
+        "traces_after_precompile": enc._trace_count - n_shapes,
+        "max_abs_diff": float(np.abs(first["jaxembed"] - first[ref]).max()),
+    }
+
+
 def emit(row: dict, out: str | os.PathLike | None = None) -> dict:
     """Print ``row`` as one JSON line (flushed) and append it to ``out`` if given."""
     line = json.dumps(row)
