@@ -9,9 +9,13 @@ is reproducible cell by cell with the exact command in every row. Two suites:
   seq 128, BERT-base and BERT-large, on v5p:2x2x2 / 2x4x4 / 4x4x8 (8 / 32 / 128
   chips), ``fsdp`` 1 / 8 / all chips (the rest of the chips on ``data``);
 * ``decoders`` (#17.6): an 8B-shaped Qwen3 and Llama-3 embedder (random
-  weights, shapes only), full fine-tune, last-token pooling, in-batch InfoNCE
-  at tau 0.02, batch 1024 pairs x 512 tokens, FSDP over all chips of v5p:4x4x4
-  (64) and v5p:4x4x8 (128), with and without per-layer remat.
+  weights, shapes only), last-token pooling, in-batch InfoNCE at tau 0.02,
+  512 tokens: full fine-tune at batch 1024 pairs with FSDP over all chips of
+  v5p:4x4x4 (64) and v5p:4x4x8 (128), with and without per-layer remat; and
+  LoRA (rank 16, alpha 32, every attention and MLP projection; the frozen base
+  FSDP-sharded, AdamW on the adapters only) of the Qwen3-8B shape on
+  v5p:2x2x2 (8 chips), remat on, batch 256 pairs (32 pairs = 64 sequences of
+  512 tokens per chip, twice the per-chip rows of the full fine-tune cells).
 
 Prints one JSON line per cell (the plan's report plus ``command`` and
 ``wall_seconds``) and a markdown table at the end.
@@ -27,6 +31,7 @@ import argparse
 import json
 import os
 import pathlib
+import shlex
 import subprocess
 import sys
 import time
@@ -50,23 +55,31 @@ def encoder_cells(chips=(8, 32, 128)) -> list[list[str]]:
     return cells
 
 
+# LoRA on every attention and MLP projection of the scanned decoder stack (rank 16, alpha 32)
+DECODER_LORA = ('{"target": "layers/layer/(attn/(q|k|v|o)_proj|mlp/(gate|up|down)_proj)/kernel", '
+                '"rank": 16, "alpha": 32}')
+
+
 def decoder_cells(chips=(64, 128), shapes=("qwen3-8b", "llama3-8b")) -> list[list[str]]:
-    """``plan`` arguments of the #17.6 table: full fine-tune, FSDP over every chip."""
-    cells = []
-    for shape in shapes:
-        for n in chips:
-            for remat in (True, False):
-                cells.append(["configs/quickstart.py", "--decoder-shape", shape,
-                              "--topology", TOPOLOGIES[n], "--set", "batch_size=1024",
-                              "--set", "max_length=512", "--set", "mixed_precision=true",
-                              "--set", "temperature=0.02", "--set", "mesh_data=1",
-                              "--set", f"mesh_fsdp={n}"] + (["--remat"] if remat else []))
+    """``plan`` arguments of the #17.6 table: full fine-tune with FSDP over every chip (remat
+    on and off), then LoRA of the Qwen3-8B shape on 8 chips (remat on, batch 256)."""
+    def cell(shape, n, batch, remat, extra=()):
+        return (["configs/quickstart.py", "--decoder-shape", shape, "--topology", TOPOLOGIES[n],
+                 "--set", f"batch_size={batch}", "--set", "max_length=512",
+                 "--set", "mixed_precision=true", "--set", "temperature=0.02",
+                 "--set", "mesh_data=1", "--set", f"mesh_fsdp={n}", *extra]
+                + (["--remat"] if remat else []))
+
+    cells = [cell(shape, n, 1024, remat) for shape in shapes for n in chips
+             for remat in (True, False)]
+    if "qwen3-8b" in shapes:
+        cells.append(cell("qwen3-8b", 8, 256, True, ("--set", f"lora={DECODER_LORA}")))
     return cells
 
 
 def run_cell(args: list[str], *, timeout: float) -> dict:
     """One plan in a fresh process; its report plus the command, or ``timeout``/``error``."""
-    command = "jaxembed plan " + " ".join(args)
+    command = "jaxembed plan " + shlex.join(args)
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(
         p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p))
     t0 = time.perf_counter()
@@ -100,8 +113,9 @@ def table(rows: list[dict]) -> str:
         mfu = "n/a" if r["mfu_bound"] is None else f"{100 * r['mfu_bound']:.1f}%"
         tflops = f"{r['flops_per_chip'] / 1e12:.2f}" + (" (1 layer: scan)" if r.get("scan_layers")
                                                         else "")
+        model = r["model"] + (f" LoRA r{r['lora']['rank']}" if r.get("lora") else "")
         lines.append(
-            f"| {r['model']} | {r['chips']} | {r['mesh']['data']} x {r['mesh']['fsdp']} "
+            f"| {model} | {r['chips']} | {r['mesh']['data']} x {r['mesh']['fsdp']} "
             f"| {'on' if r.get('remat') else 'off'} | {_gib(r['per_chip_bytes'])} "
             f"({_gib(r['argument_bytes'])} + {_gib(r['temp_bytes'])}) "
             f"| {'yes' if r['fits'] else 'NO'} | {tflops} | {mfu} "

@@ -173,7 +173,7 @@ def test_plan_decoder_on_v5p_2x2x1(tiny_decoder, tmp_path, capsys):
         assert KEYS <= set(r) and r["chips"] == 4 and r["fits"] is True
         assert r["objective"] == "qwen3 decoder, last token, InfoNCE"
         assert r["sequences_per_step"] == 32 and r["scan_layers"] is False
-        assert r["largest_params"][0]["name"] == "embed_tokens/embedding"
+        assert r["largest_params"][0]["name"] == "encoder/embed_tokens/embedding"
         # 6 N tokens + attention against XLA's count (softmax, RMSNorm, AdamW extra; the
         # 16k x 128 embedding's gradient scatter is not in 6 N): 1.0x-1.3x expected
         assert 0.9 < r["flops_per_step"] / r["model_flops_per_step"] < 1.5
@@ -183,3 +183,33 @@ def test_plan_decoder_on_v5p_2x2x1(tiny_decoder, tmp_path, capsys):
     # params + AdamW moments: the 8 MiB embedding (x3) split four ways
     assert fsdp["argument_bytes"] < 0.5 * data["argument_bytes"]
     assert fsdp["per_chip_bytes"] < 0.8 * data["per_chip_bytes"]
+
+
+DECODER_LORA = {"target": r"(layers/layer|layer_\d+)/(attn/(q|k|v|o)_proj|mlp/(gate|up|down)_proj)"
+                          r"/kernel", "rank": 8, "alpha": 16}
+
+
+def test_plan_decoder_lora_keeps_only_adapters_in_the_optimizer(tiny_decoder, capsys):
+    """LoRA on every projection of the tiny decoder, scanned, fsdp=4: the frozen base is
+    sharded as in full fine-tuning, the AdamW moments cover the adapters only."""
+    pytest.importorskip("libtpu")
+    cfg = TrainConfig(model=str(tiny_decoder), batch_size=16, max_length=32,
+                      mixed_precision=True, mesh_data=1, mesh_fsdp=4, temperature=0.02)
+    full = plan_mod.plan(cfg, topology="v5p:2x2x1")
+    lora_cfg = cfg.replace(lora=DECODER_LORA)
+    low = plan_mod.plan(lora_cfg, topology="v5p:2x2x1")
+    # adapters of rank 8 on 7 kernels of one layer: q,k,v [128, 8]+[8, 4|2, 64],
+    # o [4, 64, 8]+[8, 128], gate/up [128, 8]+[8, 512], down [512, 8]+[8, 128]
+    adapter_params = (3 * 128 * 8 + 8 * (256 + 128 + 128) + 256 * 8 + 8 * 128
+                      + 2 * (128 * 8 + 8 * 512) + 512 * 8 + 8 * 128)
+    assert low["trainable_params"] == adapter_params
+    assert low["params"] == full["params"] + adapter_params
+    assert full["trainable_params"] == full["params"] and full["lora"] is None
+    assert low["lora"] == DECODER_LORA
+    # arguments: full = params + 2 AdamW moments (3x the 8.5 MiB base over 4 chips);
+    # LoRA = the base once + adapters x 3. Were the moments over the base, this would be ~1.
+    assert low["argument_bytes"] < 0.4 * full["argument_bytes"]
+    # the frozen base keeps full fine-tuning's shardings
+    assert low["largest_params"][0] == full["largest_params"][0]
+    assert low["largest_params"][0]["spec"] == "P(None, 'fsdp')"
+    assert "LoRA" in plan_mod.format_plan(low) and "trainable" in plan_mod.format_plan(low)

@@ -24,6 +24,7 @@ Example::
 from __future__ import annotations
 
 import dataclasses
+import functools
 import pathlib
 from typing import Optional
 
@@ -67,14 +68,17 @@ _merged = jax.jit(lora.apply, static_argnums=2)
 
 
 def setup(cfg, objective, tx: optax.GradientTransformation, params: dict, logical, *,
-          key: jax.Array):
+          key: jax.Array, abstract: bool = False):
     """``(objective, tx, params, logical, run)`` for ``cfg.lora`` (module docstring);
-    ``params``/``logical`` are :func:`jaxembed.train.step.initial_params`' host trees."""
+    ``params``/``logical`` are :func:`jaxembed.train.step.initial_params`' host trees, or
+    with ``abstract`` trees of ``ShapeDtypeStruct``s (``jaxembed plan``: the adapters are
+    ``jax.eval_shape``'d too, nothing is allocated)."""
     if cfg.lora is None:
         return objective, tx, params, logical, LoraRun(None)
     spec = lora.LoraSpec.from_dict(cfg.lora)
     enc_axes = None if logical is None else logical["encoder"]
-    adapters = jax.tree.map(np.asarray, lora.init(params["encoder"], spec, key, axes=enc_axes))
+    make = functools.partial(lora.init, params["encoder"], spec, key, axes=enc_axes)
+    adapters = jax.eval_shape(make) if abstract else jax.tree.map(np.asarray, make())
     params = {**params, "lora": adapters}
     if logical is not None:
         names = lora.adapter_axes(params["encoder"], spec, axes=enc_axes)

@@ -210,22 +210,27 @@ def check_batch(cfg, devices) -> None:
                          f"devices of the mesh (every device takes batch_size / devices rows)")
 
 
-def abstract_state(cfg, params, mesh, *, logical):
-    """``(tx, schedule, shardings, state)``: the trainer's AdamW for ``cfg`` and a
+def abstract_state(cfg, objective, params, mesh, *, logical):
+    """``(objective, tx, schedule, shardings, state)``: the trainer's AdamW for ``cfg`` --
+    with ``cfg.lora``, adapters on the frozen ``params["encoder"]`` and the optimizer on
+    the adapters and heads only (:func:`jaxembed.train.adapters.setup`) -- and a
     ``TrainState`` of ``ShapeDtypeStruct``s carrying their shardings over ``mesh``."""
     import jax
 
+    from jaxembed.train import adapters
     from jaxembed.train.state import TrainState, make_optimizer
     from jaxembed.train.step import state_shardings
 
     tx, schedule = make_optimizer(learning_rate=cfg.learning_rate, total_steps=max(cfg.steps, 1),
                                   warmup_ratio=cfg.warmup_ratio, weight_decay=cfg.weight_decay,
                                   max_grad_norm=cfg.max_grad_norm)
+    objective, tx, params, logical, _ = adapters.setup(
+        cfg, objective, tx, params, logical, key=jax.random.PRNGKey(0), abstract=True)
     shardings = state_shardings(params, tx, mesh, logical=logical)
     state = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
                          jax.eval_shape(lambda p: TrainState.create(p, tx, seed=0), params),
                          shardings)
-    return tx, schedule, shardings, state
+    return objective, tx, schedule, shardings, state
 
 
 def abstract_step(cfg, devices) -> AbstractStep:
@@ -246,7 +251,8 @@ def abstract_step(cfg, devices) -> AbstractStep:
     heads, head_names = shd._unbox(jax.eval_shape(objective.init_heads, jax.random.PRNGKey(0)))
     params = {"encoder": enc.params, "head": heads}
     logical = {"encoder": encoder_logical_axes(enc), "head": head_names}
-    tx, schedule, shardings, state = abstract_state(cfg, params, mesh, logical=logical)
+    objective, tx, schedule, shardings, state = abstract_state(cfg, objective, params, mesh,
+                                                               logical=logical)
     columns = max(objective.text_columns)
     if cfg.objective == "simcse_sup":  # triplets, or (query, positive, K negatives) rows
         columns = 2 + cfg.num_negatives if retrieval_data(cfg) else 3
@@ -311,6 +317,9 @@ def plan(cfg, *, topology: str, num_slices: int = 1, hlo_path=None,
     seconds = float(cost.get("optimal_seconds", 0.0)) + sum(uncosted.values())
     peak = peak_flops_per_device(devices[0].device_kind, bf16=True)
     n_params = sum(math.prod(x.shape) for x in jax.tree.leaves(built.state.params))
+    # with LoRA the optimizer sees the adapters and heads only (jaxembed.train.adapters)
+    trainable = ({k: built.state.params[k] for k in ("lora", "head")} if cfg.lora is not None
+                 else built.state.params)
     model_flops = built.model_flops
     hbm = TPU_CHIPS[kind].hbm_bytes
     # a scanned decoder is a while loop: XLA costs its body (one layer) once, so its
@@ -324,7 +333,9 @@ def plan(cfg, *, topology: str, num_slices: int = 1, hlo_path=None,
         "model": decoder_shape if isinstance(decoder_shape, str) else cfg.model,
         "objective": built.description, "batch_size": cfg.batch_size, "seq_len": cfg.max_length,
         "sequences_per_step": built.sequences, "mixed_precision": cfg.mixed_precision,
-        "params": n_params, "remat": bool(decoder is not None and remat),
+        "params": n_params, "lora": cfg.lora,
+        "trainable_params": sum(math.prod(x.shape) for x in jax.tree.leaves(trainable)),
+        "remat": bool(decoder is not None and remat),
         "scan_layers": scanned,
         "argument_bytes": mem.argument_size_in_bytes, "output_bytes": mem.output_size_in_bytes,
         "alias_bytes": mem.alias_size_in_bytes, "temp_bytes": mem.temp_size_in_bytes,
@@ -414,6 +425,8 @@ def format_plan(report: dict) -> str:
         f"{r['model']} {r['objective']}: batch {r['batch_size']} x seq {r['seq_len']} "
         f"({r['sequences_per_step']} sequences/step), {r['params'] / 1e6:.1f}M params, "
         f"{'bf16' if r['mixed_precision'] else 'float32'} compute",
+        (f"LoRA {r['lora']}: " if r.get("lora") else "full fine-tune: ")
+        + f"{r['trainable_params'] / 1e6:.2f}M trainable params (in the optimizer state)",
         f"{r['num_slices']} x {r['topology']}: {r['chips']} x {r['chip']}, mesh {r['mesh']}, "
         f"compiled in {r['compile_seconds']} s",
         f"per chip: arguments {gib(r['argument_bytes'])} + outputs {gib(r['output_bytes'])} "

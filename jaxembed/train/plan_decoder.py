@@ -90,6 +90,7 @@ def abstract_decoder_step(cfg, devices, config, *, remat: bool = False,
     from jaxembed.models.decoder.model import Decoder
     from jaxembed.models.decoder.pooling import last_token
     from jaxembed.train import sharding as shd
+    from jaxembed.train.objectives import Objective
     from jaxembed.train.plan import AbstractStep, abstract_state, check_batch
     from jaxembed.train.step import make_train_step
 
@@ -107,16 +108,23 @@ def abstract_decoder_step(cfg, devices, config, *, remat: bool = False,
         B, C, T = batch["input_ids"].shape
         flat = lambda x: x.reshape(B * C, T)  # noqa: E731
         mask = flat(batch["attention_mask"])
-        h = model.apply({"params": params}, flat(batch["input_ids"]), mask).last_hidden_state
+        h = model.apply({"params": params["encoder"]}, flat(batch["input_ids"]),
+                        mask).last_hidden_state
         z = last_token(h, mask).reshape(B, C, -1)
         value = info_nce(z[:, 0], z[:, 1], temperature=cfg.temperature)
         return value, {}
 
-    tx, schedule, shardings, state = abstract_state(cfg, params, mesh, logical=logical)
+    # the trainer's {"encoder", "head"} params (no heads), so that cfg.lora applies as there
+    objective = Objective(name="decoder_info_nce", text_columns=(2,), views=1,
+                          init_heads=lambda key: {}, loss=loss)
+    objective, tx, schedule, shardings, state = abstract_state(
+        cfg, objective, {"encoder": params, "head": {}}, mesh,
+        logical={"encoder": logical, "head": {}})
     tokens = jax.ShapeDtypeStruct((cfg.batch_size, 2, cfg.max_length), jnp.int32,
                                   sharding=shd.batch_sharding(mesh))
     batch = {"input_ids": tokens, "attention_mask": tokens}
-    step = make_train_step(loss, tx, schedule, shardings, mesh)
+    step = make_train_step(objective.loss, tx, schedule, shardings, mesh,
+                           value_and_grad=objective.value_and_grad)
     n_params = sum(x.size for x in jax.tree.leaves(params))
     flops = decoder_step_flops(n_params, config, seq_len=cfg.max_length,
                                sequences=2 * cfg.batch_size)
