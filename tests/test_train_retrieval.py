@@ -55,6 +55,28 @@ def test_k_negatives_margin_and_matryoshka_match_float64(tiny_bert_dir, rng, mod
         assert abs(changed - ref()) > 1e-3 * abs(ref())
 
 
+def test_duplicate_documents_masked_without_hard_negatives(rng):
+    """``num_negatives=0`` (in-batch only) with ``mask_duplicate_documents``: the one
+    ``doc_id_0`` column reaches info_nce as ``[B]`` ids (it raised on ``[B, 1]``)."""
+    cfg, enc, obj, params, _ = _setup("tiny-random-qwen3", rng, objective="simcse_sup",
+                                      mlp=False, train_pooling="last_token",
+                                      eval_pooling="last_token", temperature=0.02,
+                                      mask_duplicate_documents=True, data="rows.jsonl",
+                                      num_negatives=0)
+    batch = _batch(enc, rng, cfg, 6, 2)
+    ids = np.arange(6, dtype=np.float32)[:, None]
+    ids[4, 0] = ids[1, 0]   # rows 1 and 4 share their positive: no negative of each other
+    batch["scores"] = ids
+    key = jax.random.PRNGKey(int(rng.integers(1 << 30)))
+    loss, _, z = _loss_and_pooled(obj, enc, params, batch, key, jax.random.split(key)[0], 1,
+                                  "last_token")
+    ref = lambda ids: np_info_nce(z[:, 0], z[:, 1], None, temperature=0.02,  # noqa: E731
+                                  document_ids=ids)
+    # tolerance as in the test above (float32 vs float64 on the same rows at tau = 0.02)
+    np.testing.assert_allclose(loss, ref(ids[:, 0].astype(np.int64)), rtol=1e-5)
+    assert abs(ref(None) - ref(ids[:, 0].astype(np.int64))) > 1e-4 * abs(ref(None))
+
+
 @pytest.mark.parametrize("changes, message", [
     (dict(false_negative_margin=0.1), "only simcse_sup uses it"),
     (dict(objective="simcse_sup", false_negative_margin=-0.1), "None .off. or finite and >= 0"),

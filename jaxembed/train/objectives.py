@@ -175,6 +175,8 @@ def simcse_sup(cfg: TrainConfig, enc) -> RepresentationLoss:
             if ids.shape[1] != z.shape[1] - 1:
                 raise ValueError(f"mask_duplicate_documents needs {z.shape[1] - 1} document id "
                                  f"columns (scores), got {ids.shape[1]}")
+            if neg is None:   # info_nce takes [B] ids without hard negatives
+                ids = ids[:, 0]
         return loss(z[:, 0], z[:, 1], neg, document_ids=ids), {}
 
     return RepresentationLoss("simcse_sup", range(2, 3 + MAX_HARD_NEGATIVES), 1, init, rep_loss)
