@@ -26,6 +26,12 @@ reachable, not measurements. XLA counts a ``while`` loop's body once (it does
 not know the trip count), so iterative kernels (the TPU ``eigh`` of
 WhitenedCSE is a Jacobi loop) are under-counted in both FLOPs and time.
 
+With ``cfg.lora`` the step is the trainer's LoRA step (:mod:`jaxembed.train.adapters`):
+the base parameters are a frozen argument sharded by the same rules, the adapters
+(``jax.eval_shape``'d too) and the heads are the only leaves with AdamW moments, and
+the report gives ``lora`` and ``trainable_params`` (the parameters in the optimizer
+state; all of them without LoRA).
+
 On TPU the trainer's ``dropout_rng="auto"`` means ``rbg``; the plan uses that
 too (compiling on a CPU host would otherwise pick threefry).
 

@@ -14,6 +14,10 @@ Example::
     jaxembed plan configs/quickstart.py --decoder-shape qwen3-8b --topology v5p:4x4x4 \\
         --set batch_size=1024 --set max_length=512 --set mesh_data=1 --set mesh_fsdp=-1 \\
         --set mixed_precision=true --set temperature=0.02 --remat
+    jaxembed plan configs/quickstart.py --decoder-shape qwen3-8b --topology v5p:2x2x2 \\
+        --set batch_size=256 --set max_length=512 --set mesh_data=1 --set mesh_fsdp=8 \\
+        --set mixed_precision=true --set temperature=0.02 --remat \\
+        --set 'lora={"target": "layers/layer/.*_proj/kernel", "rank": 16, "alpha": 32}'
 """
 
 from __future__ import annotations
