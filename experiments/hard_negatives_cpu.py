@@ -52,7 +52,7 @@ import shutil
 import statistics
 import time
 
-from experiments._sts_study import REPO, add_eval_arguments, csv_list, log
+from experiments._sts_study import REPO, add_eval_arguments, csv_list, evaluate_encoder, log
 
 RECIPE = REPO / "configs" / "qwen3_embedding_style.py"
 DEFAULT_SNLI = REPO.parent / "shared" / "data" / "corpora" / "snli_senteval"
@@ -99,14 +99,6 @@ def train_config(args, arm: str, seed: int, data: pathlib.Path):
     return cfg
 
 
-def evaluate(enc, args) -> dict:
-    from jaxembed.eval.sts import evaluate_sts
-
-    scores = evaluate_sts(lambda s: enc.encode(s, batch_size=args.eval_batch_size),
-                          args.sts_dir, tasks=args.tasks, aggregation="all")
-    return {k: float(v) for k, v in scores.items()}
-
-
 def run_one(args, arm: str, seed: int, data: pathlib.Path) -> dict:
     """Train (unless ``untrained``) and evaluate one (arm, seed); its result row."""
     from jaxembed.models.encoder import Encoder
@@ -131,9 +123,8 @@ def run_one(args, arm: str, seed: int, data: pathlib.Path) -> dict:
         enc = Encoder.from_pretrained(work / "export", pooling=cfg.eval_pooling,
                                       normalize=cfg.normalize, max_length=eval_len)
         shutil.rmtree(work, ignore_errors=True)
-    t1 = time.perf_counter()
-    row["scores"] = evaluate(enc, args)
-    row["eval_s"] = round(time.perf_counter() - t1, 1)
+    row["scores"], eval_s = evaluate_encoder(enc, args)
+    row["eval_s"] = round(eval_s, 1)
     return row
 
 
