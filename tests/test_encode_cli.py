@@ -18,6 +18,8 @@ from jaxembed.bulk.shards import load_embeddings, read_manifest, row_lines
 from jaxembed.cli import main
 from jaxembed.models import inference
 
+pytestmark = pytest.mark.slow  # a long file: runs first under -n 2 (tests/conftest.py)
+
 BAD_TEXT = {  # line content -> reason recorded (plain-text input)
     b"": "empty",
     b"   \t": "empty",

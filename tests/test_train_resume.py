@@ -21,6 +21,8 @@ from jaxembed.train.checkpoint import Checkpointer, IncompatibleCheckpointError,
 from jaxembed.train.errors import NonFiniteError
 from jaxembed.train.state import TrainState, make_optimizer
 
+pytestmark = pytest.mark.slow  # a long file: runs first under -n 2 (tests/conftest.py)
+
 REPO = pathlib.Path(__file__).resolve().parent.parent
 
 

@@ -17,6 +17,8 @@ from jaxembed.train.state import make_optimizer
 from jaxembed.train.step import create_state, initial_params, make_train_step, state_shardings
 from jaxembed.train.trainer import load_encoder
 
+pytestmark = pytest.mark.slow  # a long file: runs first under -n 2 (tests/conftest.py)
+
 WORDS = ("the a man woman dog cat runs sits on under red blue big small house car tree "
          "river plays eats quickly slowly guitar food park").split()
 
