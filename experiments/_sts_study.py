@@ -4,8 +4,10 @@ the data locations, the task list, the evaluation arguments and logging."""
 from __future__ import annotations
 
 import argparse
+import json
 import pathlib
 import sys
+import time
 
 from jaxembed.eval.sts import STS_TASKS, TABLE_NAMES
 
@@ -36,3 +38,33 @@ def add_eval_arguments(p: argparse.ArgumentParser, *, max_length_help: str) -> N
     p.add_argument("--tasks", default=",".join(ALL_TASKS))
     p.add_argument("--eval-max-length", type=int, default=0, help=max_length_help)
     p.add_argument("--eval-batch-size", type=int, default=64)
+
+
+def load_results(path: pathlib.Path) -> dict[str, dict]:
+    """``key -> row`` of the complete JSON lines of a results file (torn lines ignored), so
+    an interrupted study skips what it already has."""
+    rows = {}
+    if path.exists():
+        for line in path.read_text().splitlines():
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(row, dict) and "key" in row:
+                rows[row["key"]] = row
+    return rows
+
+
+def evaluate_encoder(enc, args) -> tuple[dict, float]:
+    """STS scores (x100, "all" aggregation, test splits) of ``enc`` on ``args.tasks`` and
+    the seconds taken."""
+    from jaxembed.eval.sts import evaluate_sts
+
+    t0 = time.perf_counter()
+    scores = evaluate_sts(
+        lambda s: enc.encode(s, batch_size=args.eval_batch_size),
+        args.sts_dir,
+        tasks=args.tasks,
+        aggregation="all",
+    )
+    return {k: float(v) for k, v in scores.items()}, time.perf_counter() - t0

@@ -64,6 +64,7 @@ from experiments._sts_study import (
     add_eval_arguments,
     add_model_argument,
     csv_list,
+    evaluate_encoder,
     log,
 )
 
@@ -149,19 +150,6 @@ def teacher_scores(teacher, s1, s2, *, batch_size: int) -> list[float]:
     a = emb[[index[s] for s in s1]]
     b = emb[[index[s] for s in s2]]
     return [float(x) for x in np.sum(a * b, axis=1)]
-
-
-def evaluate(enc, args) -> tuple[dict, float]:
-    from jaxembed.eval.sts import evaluate_sts
-
-    t0 = time.perf_counter()
-    scores = evaluate_sts(
-        lambda s: enc.encode(s, batch_size=args.eval_batch_size),
-        args.sts_dir,
-        tasks=args.tasks,
-        aggregation="all",
-    )
-    return {k: float(v) for k, v in scores.items()}, time.perf_counter() - t0
 
 
 def speed_sentences(args) -> list[str]:
@@ -298,7 +286,7 @@ def main(argv=None) -> int:
         out.flush()
 
     for name, enc in (("teacher", teacher), ("student_init", student_init), ("student", student)):
-        sc, eval_s = evaluate(enc, args)
+        sc, eval_s = evaluate_encoder(enc, args)
         row = {
             "model": name,
             "layers": enc.config.num_hidden_layers,

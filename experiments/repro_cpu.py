@@ -109,6 +109,8 @@ from experiments._sts_study import (
     add_eval_arguments,
     add_model_argument,
     csv_list,
+    evaluate_encoder,
+    load_results,
     log,
 )
 
@@ -251,35 +253,16 @@ def train_config(args, method: str, pooling: str, seed: int, *, steps: int | Non
     )
 
 
-def load_results(path: pathlib.Path) -> dict[str, dict]:
-    """``key -> row`` of the complete JSON lines of ``results.jsonl`` (torn lines ignored)."""
-    rows = {}
-    if path.exists():
-        for line in path.read_text().splitlines():
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if isinstance(row, dict) and "key" in row:
-                rows[row["key"]] = row
-    return rows
-
-
 def evaluate_folder(folder, pooling: str, args) -> tuple[dict, float]:
     """STS scores (x100) of the encoder saved in ``folder`` with ``pooling``, and seconds taken."""
-    from jaxembed.eval.sts import evaluate_sts
     from jaxembed.models.encoder import Encoder
 
     t0 = time.perf_counter()
     enc = Encoder.from_pretrained(
         folder, pooling=pooling, normalize=False, max_length=args.eval_max_length
     )
-
-    def encode_fn(sentences):
-        return enc.encode(sentences, batch_size=args.eval_batch_size)
-
-    scores = evaluate_sts(encode_fn, args.sts_dir, tasks=args.tasks, aggregation="all")
-    return {k: float(v) for k, v in scores.items()}, time.perf_counter() - t0
+    scores, _ = evaluate_encoder(enc, args)
+    return scores, time.perf_counter() - t0
 
 
 def _step_times(workdir: pathlib.Path) -> list[float]:

@@ -17,6 +17,7 @@ from jaxembed.bulk.inputs import stream_lines
 from jaxembed.bulk.shards import load_embeddings, read_manifest, row_lines
 from jaxembed.cli import main
 from jaxembed.models import inference
+from jaxembed.models.encoder import Encoder
 
 pytestmark = pytest.mark.slow  # a long file: runs first under -n 2 (tests/conftest.py)
 
@@ -140,6 +141,15 @@ def test_jsonl_field_and_prompt_equal_sentence_transformers(tiny_bert_dir, share
     assert manifest["settings"]["prompt"] == "query: "
     want = _st_encode(tiny_bert_dir, good, prompt="query: ")
     np.testing.assert_allclose(load_embeddings(out), want, atol=1e-5, rtol=0)
+
+    # without --prompt the manifest records the prompt applied: the folder's default one
+    folder = tmp_path / "prompted"
+    Encoder.from_pretrained(tiny_bert_dir, prompts={"query": "query: "},
+                            default_prompt_name="query").save_pretrained(folder)
+    assert main(["encode", "--model", str(folder), "--input", str(path), "--output",
+                 str(tmp_path / "default"), "--field", "text", "--batch-size", "64"]) == 0
+    assert read_manifest(tmp_path / "default")["settings"]["prompt"] == "query: "
+    np.testing.assert_allclose(load_embeddings(tmp_path / "default"), want, atol=1e-5, rtol=0)
 
 
 class _Killed(BaseException):

@@ -205,13 +205,27 @@ def test_bad_input_is_reported(tiny_wrapper, minilm_path, tmp_path):
         sts_task(["a", "b"], [3, "d"], [1.0, 2.0])
     with pytest.raises(ValueError, match="ORG/NAME"):
         MTEBEncoder(tiny_wrapper.encoder, name="no-slash")
-    # a folder whose Pooling drops prompt tokens (INSTRUCTOR-style) is refused when prompted
+
+
+def test_folder_that_pools_without_the_prompt(minilm_path, tmp_path, rng):
+    """A Pooling with ``include_prompt: false`` (INSTRUCTOR-style): the prompt conditions
+    the tokens but is left out of the mean, as sentence-transformers computes it."""
+    _require_mteb()
+    st = pytest.importorskip("sentence_transformers")
+    from jaxembed.integrations.mteb import MTEBEncoder
+
     folder = tmp_path / "instructor"
-    shutil.copytree(minilm_path, folder, ignore=shutil.ignore_patterns("*.safetensors"))
+    shutil.copytree(minilm_path, folder)
     pooling = json.loads((folder / "1_Pooling/config.json").read_text())
     (folder / "1_Pooling/config.json").write_text(json.dumps({**pooling, "include_prompt": False}))
-    with pytest.raises(ValueError, match="include_prompt"):
-        MTEBEncoder(folder, prompts={"query": "query: "})
+    wrapper = MTEBEncoder(folder, prompts={"query": "query: "})
+    assert wrapper.encoder.include_prompt is False
+    texts = ["A man is playing a guitar.", "Two dogs run in the park.", "It rains."]
+    ours = np.asarray(wrapper.encoder.encode(texts, prompt="query: "))
+    ref = st.SentenceTransformer(str(folder), device="cpu").encode(texts, prompt="query: ")
+    np.testing.assert_allclose(ours, ref, atol=1e-5)
+    full = np.asarray(wrapper.encoder.replace(include_prompt=True).encode(texts, prompt="query: "))
+    assert np.abs(full - ref).max() > 1e-3  # the setting matters for these texts
 
 
 def test_cli_errors(minilm_path, tmp_path, capsys, monkeypatch):

@@ -68,12 +68,15 @@ class Throughput:
 
 def settings_of(enc, input_path: pathlib.Path, *, model: str, field, prompt, rows_per_shard,
                 batch_size, max_length, devices) -> dict:
-    """What a run depends on; a resume must match it exactly (see :mod:`shards`)."""
+    """What a run depends on; a resume must match it exactly (see :mod:`shards`).
+    ``prompt`` is recorded as applied: ``--prompt``, else the model's default prompt."""
+    from jaxembed.models.inference import chosen_prompt
+
     stat = input_path.stat()
     return {
         "model": model, "model_type": enc.config.model_type, "pooling": enc.pooling,
         "normalize": enc.normalize, "max_length": max_length, "dim": enc.dim,
-        "dtype": "float32", "prompt": prompt,
+        "dtype": "float32", "prompt": chosen_prompt(enc, prompt=prompt),
         "input": {"path": str(input_path.resolve()), "field": field, "size": stat.st_size,
                   "mtime_ns": stat.st_mtime_ns},
         "rows_per_shard": rows_per_shard, "batch_size": batch_size,

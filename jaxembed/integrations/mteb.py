@@ -135,16 +135,6 @@ def _st_json(folder: pathlib.Path, name: str) -> dict:
             raise ValueError(f"{path}:{e.lineno}: not valid JSON ({e.msg})") from None
 
 
-def _pooling_includes_prompt(folder: pathlib.Path) -> bool:
-    """sentence-transformers' ``Pooling.include_prompt`` (default True) of a folder."""
-    modules = _st_json(folder, "modules.json") or []
-    for module in modules:
-        if str(module.get("type", "")).endswith("Pooling"):
-            config = _st_json(folder / module.get("path", ""), "config.json")
-            return bool(config.get("include_prompt", True))
-    return True
-
-
 def _folder_settings(folder: Optional[pathlib.Path]) -> tuple[dict, Optional[str], str]:
     """``(prompts, default_prompt_name, similarity)`` stored in a sentence-transformers folder."""
     config = _st_json(folder, "config_sentence_transformers.json") if folder else {}
@@ -213,11 +203,6 @@ class MTEBEncoder:
         # the folder's settings are checked before its weights load
         folder_prompts, self.default_prompt_name, folder_similarity = _folder_settings(folder)
         self.prompts = {**folder_prompts, **dict(prompts or {})}
-        if any(self.prompts.values()) and folder and not _pooling_includes_prompt(folder):
-            raise ValueError(
-                f"{folder}: the Pooling module excludes prompt tokens from the mean "
-                "(include_prompt=false), which jaxembed's Encoder does not implement"
-            )
         similarity = similarity or folder_similarity
         if similarity not in _SIMILARITIES:
             raise ValueError(

@@ -142,16 +142,25 @@ def padded_rows(rows: int, multiple: int) -> int:
     return -(-rows // multiple) * multiple
 
 
+def chosen_prompt(enc, *, prompt: Optional[str], prompt_name: Optional[str] = None
+                  ) -> Optional[str]:
+    """The prompt ``encode`` puts around every text (``None``/``""``: none): ``prompt``,
+    else the named or default prompt (``prompts.resolve``), else Token Prepending's template."""
+    chosen = prompts.resolve(enc.prompts, enc.default_prompt_name, prompt=prompt,
+                             prompt_name=prompt_name)
+    if enc.token_prepending is not None:
+        chosen = chosen or enc.token_prepending.prompt
+    return chosen
+
+
 def prompted(enc, texts: list[str], *, prompt: Optional[str], prompt_name: Optional[str]):
     """``(texts with the prompt applied, prompt tokens)`` for ``enc``: the prompt from
     ``prompts.resolve`` (Token Prepending's template when there is none); its token count as
     sentence-transformers counts it (after lower-casing if the model lower-cases)."""
-    chosen = prompts.resolve(enc.prompts, enc.default_prompt_name, prompt=prompt,
-                             prompt_name=prompt_name)
+    chosen = chosen_prompt(enc, prompt=prompt, prompt_name=prompt_name)
     tp = enc.token_prepending
     clean = None
     if tp is not None:
-        chosen = chosen or tp.prompt
         if not chosen or tp.placeholder not in chosen:
             raise ValueError(
                 f"token_prepending needs its placeholder {tp.placeholder!r} in the prompt, "
