@@ -88,7 +88,8 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
 
 
 def pytest_collection_modifyitems(config, items):
-    """Files holding a ``slow`` test run first, then files with more tests before fewer.
+    """Files holding a ``slow`` or ``scripts`` test run first, then files with more tests
+    before fewer.
 
     CI runs ``pytest -n 2 --dist loadfile --no-loadscope-reorder``: each worker takes the
     next whole file in this order, so a long file started last would leave the other worker
@@ -96,8 +97,11 @@ def pytest_collection_modifyitems(config, items):
     files: dict[str, list] = {}
     for item in items:
         files.setdefault(item.nodeid.split("::")[0], []).append(item)
-    order = sorted(files.values(), key=lambda its: (
-        not any(it.get_closest_marker("slow") for it in its), -len(its)))
+
+    def long(item) -> bool:
+        return any(item.get_closest_marker(name) for name in ("slow", "scripts"))
+
+    order = sorted(files.values(), key=lambda its: (not any(map(long, its)), -len(its)))
     items[:] = [it for its in order for it in its]
 
 

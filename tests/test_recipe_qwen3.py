@@ -15,8 +15,7 @@ from jaxembed.train.trainer import train
 
 CONFIG = pathlib.Path(__file__).resolve().parent.parent / "configs" / "qwen3_embedding_style.py"
 
-# two compiled decoder runs: ~35 s on 2 CPU cores
-pytestmark = [pytest.mark.scripts, pytest.mark.slow]
+pytestmark = pytest.mark.scripts  # two compiled decoder runs: ~35 s on 2 CPU cores
 
 
 def test_tiny_recipe_trains_and_its_export_is_a_decoder_folder(tmp_path):

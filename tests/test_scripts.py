@@ -33,7 +33,7 @@ from experiments import distill_cpu as distill
 from experiments import repro_cpu as repro
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
-pytestmark = [pytest.mark.scripts, pytest.mark.slow]
+pytestmark = pytest.mark.scripts
 
 
 def _finite_scores(row: dict, tasks) -> None:
