@@ -87,6 +87,24 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
         terminalreporter.write_line(_seed_line())
 
 
+def pytest_collection_modifyitems(config, items):
+    """Files holding a ``slow`` or ``scripts`` test run first, then files with more tests
+    before fewer.
+
+    CI runs ``pytest -n 2 --dist loadfile --no-loadscope-reorder``: each worker takes the
+    next whole file in this order, so a long file started last would leave the other worker
+    idle while it finishes; started first, the many short files even out the end."""
+    files: dict[str, list] = {}
+    for item in items:
+        files.setdefault(item.nodeid.split("::")[0], []).append(item)
+
+    def long(item) -> bool:
+        return any(item.get_closest_marker(name) for name in ("slow", "scripts"))
+
+    order = sorted(files.values(), key=lambda its: (not any(map(long, its)), -len(its)))
+    items[:] = [it for its in order for it in its]
+
+
 def pytest_generate_tests(metafunc):
     repeats = _repeats()
     if repeats > 1 and "rng" in metafunc.fixturenames:

@@ -26,6 +26,8 @@ from jaxembed.models.decoder import (
 )
 from jaxembed.models.decoder.weights import stack_layers, unstack_layers
 
+pytestmark = pytest.mark.slow  # a long file: runs first under -n 2 (tests/conftest.py)
+
 RTOL = 1e-5  # as test_decoder_parity; Token Prepending stress (20 seeds x 3 cases): max 1.4e-6
 
 

@@ -19,6 +19,8 @@ from jaxembed.cli import main
 from jaxembed.models import inference
 from jaxembed.models.encoder import Encoder
 
+pytestmark = pytest.mark.slow  # a long file: runs first under -n 2 (tests/conftest.py)
+
 BAD_TEXT = {  # line content -> reason recorded (plain-text input)
     b"": "empty",
     b"   \t": "empty",

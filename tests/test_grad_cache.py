@@ -10,6 +10,8 @@ from _loss_refs import rel_err
 
 from jaxembed.losses import grad_cache, info_nce, matryoshka, whitened_cse
 
+pytestmark = pytest.mark.slow  # a long file: runs first under -n 2 (tests/conftest.py)
+
 DIN, HIDDEN, DOUT = 6, 16, 12
 
 

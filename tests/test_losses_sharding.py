@@ -12,6 +12,8 @@ from _loss_refs import np_info_nce, rel_err
 
 from jaxembed.losses import group_whitening, info_nce, whitened_cse
 
+pytestmark = pytest.mark.slow  # a long file: runs first under -n 2 (tests/conftest.py)
+
 
 def _mesh(kind):
     if jax.device_count() < 8:

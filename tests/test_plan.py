@@ -18,6 +18,8 @@ from jaxembed.train import plan as plan_mod
 from jaxembed.train.config import TrainConfig
 from jaxembed.train.flops import train_step_flops
 
+pytestmark = pytest.mark.slow  # a long file: runs first under -n 2 (tests/conftest.py)
+
 REPO = pathlib.Path(__file__).resolve().parent.parent
 KEYS = {"chips", "per_chip_bytes", "hbm_bytes_per_chip", "fits", "flops_per_step",
         "flops_per_chip", "optimal_seconds", "model_flops_per_step", "sentences_per_s_bound",

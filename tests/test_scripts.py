@@ -1,7 +1,7 @@
 """The benchmark and experiment scripts, end to end (marker ``scripts``).
 
 Not part of the default ``pytest -q`` (they cost minutes, most of it compiling
-train steps); CI runs them once with ``pytest -q -m scripts``. Each script runs
+train steps); the README and CI add them with ``-m "scripts or not scripts"``. Each script runs
 once, with the tiniest settings that still take every code path:
 
 * ``experiments/repro_cpu.py`` and ``distill_cpu.py`` on the random 2-layer

@@ -25,6 +25,8 @@ from jaxembed.train.errors import DiskFullError, disk_full
 from jaxembed.train.metrics import MetricsWriter
 from jaxembed.train.state import TrainState, make_optimizer
 
+pytestmark = pytest.mark.slow  # a long file: runs first under -n 2 (tests/conftest.py)
+
 REPO = pathlib.Path(__file__).resolve().parent.parent
 
 # what orbax-checkpoint 0.12 / TensorStore raise when a save hits a full tmpfs

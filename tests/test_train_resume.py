@@ -21,6 +21,8 @@ from jaxembed.train.checkpoint import Checkpointer, IncompatibleCheckpointError,
 from jaxembed.train.errors import NonFiniteError
 from jaxembed.train.state import TrainState, make_optimizer
 
+pytestmark = pytest.mark.slow  # a long file: runs first under -n 2 (tests/conftest.py)
+
 REPO = pathlib.Path(__file__).resolve().parent.parent
 
 
@@ -83,18 +85,31 @@ DAMAGE = ["flip_bytes", "delete_dir_contents", "truncate_data", "zero_data", "de
           "invalid_meta", "missing_meta", "delete_state", "empty_step_dir"]
 
 
+@pytest.fixture(scope="module")
+def two_checkpoints(tmp_path_factory, module_rng):
+    """Steps 1 and 2 saved once (``ckpt`` folder, states, shardings); each damage case below
+    works on its own copy of the folder."""
+    s1, sh = _state(module_rng, 1)
+    s2 = s1.replace(step=s1.step + 1, params=jax.tree.map(lambda x: x * 2.0 + 1.0, s1.params))
+    folder = tmp_path_factory.mktemp("two_checkpoints") / "ckpt"
+    reports = []
+    with Checkpointer(folder, keep=3, report=reports.append) as ckpt:
+        ckpt.save(1, s1, meta={"data_position": 11})
+        ckpt.save(2, s2, meta={"data_position": 22})
+        assert ckpt.all_steps() == [1, 2]
+    assert reports == []
+    return folder, s1, s2, sh
+
+
 @pytest.mark.filterwarnings("error::pytest.PytestUnraisableExceptionWarning")
 @pytest.mark.parametrize("damage", DAMAGE)
-def test_corrupt_latest_checkpoint_falls_back(tmp_path, rng, damage, capfd):
+def test_corrupt_latest_checkpoint_falls_back(tmp_path, two_checkpoints, damage, capfd):
     """Fall back to the previous step, move the damaged one aside (so saving that step again
     works: no StepAlreadyExistsError crash loop), and say so in one line, without Orbax's
     asyncio noise."""
-    s1, sh = _state(rng, 1)
-    s2 = s1.replace(step=s1.step + 1, params=jax.tree.map(lambda x: x * 2.0 + 1.0, s1.params))
+    template, s1, s2, sh = two_checkpoints
+    shutil.copytree(template, tmp_path / "ckpt")
     reports = []
-    with Checkpointer(tmp_path / "ckpt", keep=3, report=reports.append) as ckpt:
-        ckpt.save(1, s1, meta={"data_position": 11})
-        ckpt.save(2, s2, meta={"data_position": 22})
     step_dir = tmp_path / "ckpt" / "2"
     _damage(step_dir, damage)
     capfd.readouterr()

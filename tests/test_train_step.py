@@ -17,6 +17,8 @@ from jaxembed.train.state import make_optimizer
 from jaxembed.train.step import create_state, initial_params, make_train_step, state_shardings
 from jaxembed.train.trainer import load_encoder
 
+pytestmark = pytest.mark.slow  # a long file: runs first under -n 2 (tests/conftest.py)
+
 WORDS = ("the a man woman dog cat runs sits on under red blue big small house car tree "
          "river plays eats quickly slowly guitar food park").split()
 
@@ -178,7 +180,7 @@ def test_first_step_is_clipped_adamw(tiny_bert_dir, rng):
     step = make_train_step(obj.loss, tx, schedule, sh, mesh)
     new, m = step(state, shd.shard_batch(batch, mesh))
     key = jax.random.fold_in(jax.random.PRNGKey(seed), 0)
-    grads = jax.grad(lambda p: obj.loss(p, batch, key)[0])(params)
+    grads = jax.jit(jax.grad(lambda p: obj.loss(p, batch, key)[0]))(params)  # eager: 4x slower
     g = jax.tree.map(lambda x: np.asarray(x, np.float64), grads)
     norm = np.sqrt(sum(np.sum(x ** 2) for x in jax.tree.leaves(g)))
     np.testing.assert_allclose(m["grad_norm"], norm, rtol=1e-4)

@@ -18,6 +18,8 @@ import pytest
 
 from jaxembed.losses.whitening_matrices import METHODS
 
+pytestmark = pytest.mark.slow  # a long file: runs first under -n 2 (tests/conftest.py)
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # A random 1-layer encoder of MiniLM's width (384 = 64 groups of 6), 3 dropout views, batch 16
