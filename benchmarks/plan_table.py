@@ -110,9 +110,12 @@ def table(rows: list[dict]) -> str:
             why = f"over {r['wall_seconds']} s" if r.get("timeout") else r.get("error")
             dropped.append(f"- dropped: `{r['command']}` ({why})")
             continue
-        mfu = "n/a" if r["mfu_bound"] is None else f"{100 * r['mfu_bound']:.1f}%"
-        tflops = f"{r['flops_per_chip'] / 1e12:.2f}" + (" (1 layer: scan)" if r.get("scan_layers")
-                                                        else "")
+        if r.get("does_not_fit"):   # refused by the compiler: no costs
+            mfu = tflops = "–"
+        else:
+            mfu = "n/a" if r["mfu_bound"] is None else f"{100 * r['mfu_bound']:.1f}%"
+            tflops = f"{r['flops_per_chip'] / 1e12:.2f}" + (
+                " (1 layer: scan)" if r.get("scan_layers") else "")
         model = r["model"] + (f" LoRA r{r['lora']['rank']}" if r.get("lora") else "")
         lines.append(
             f"| {model} | {r['chips']} | {r['mesh']['data']} x {r['mesh']['fsdp']} "

@@ -216,3 +216,25 @@ def test_plan_decoder_lora_keeps_only_adapters_in_the_optimizer(tiny_decoder, ca
     assert low["largest_params"][0] == full["largest_params"][0]
     assert low["largest_params"][0]["spec"] == "P(None, 'fsdp')"
     assert "LoRA" in plan_mod.format_plan(low) and "trainable" in plan_mod.format_plan(low)
+
+
+def test_a_program_over_hbm_is_reported_as_not_fitting(tiny_decoder, capsys):
+    """The TPU compiler refuses a program whose temporaries exceed HBM; the plan reports
+    ``fits: false`` with the demand it names (not an error), and the arguments' bytes per
+    chip from the shardings: the same as a fitting plan's but for the larger batch."""
+    pytest.importorskip("libtpu")
+    assert plan_mod.hbm_shortfall("INTERNAL: something else") is None
+    small = TrainConfig(model=str(tiny_decoder), batch_size=16, max_length=128,
+                        mixed_precision=True, mesh_data=1, mesh_fsdp=4, temperature=0.02)
+    fits = plan_mod.plan(small, topology="v5p:2x2x1")
+    big = small.replace(batch_size=1 << 20)   # ~1.3 TiB of temporaries per chip
+    r = plan_mod.plan(big, topology="v5p:2x2x1")
+    assert r["fits"] is False and r["flops_per_step"] is None
+    assert r["temp_bytes"] > r["hbm_available_bytes"] > 0.9 * r["hbm_bytes_per_chip"]
+    assert r["per_chip_bytes"] == r["argument_bytes"] + r["temp_bytes"]
+    # tokens: ids + mask int32 [B, 2, 128] over 4 chips, the rest (state) as the fitting plan
+    batch_bytes = lambda b: 2 * b * 2 * 128 * 4 // 4  # noqa: E731
+    assert r["argument_bytes"] - batch_bytes(1 << 20) == pytest.approx(
+        fits["argument_bytes"] - batch_bytes(16), rel=0.01)
+    assert r["params"] == fits["params"]
+    assert "DOES NOT FIT" in plan_mod.format_plan(r)

@@ -307,7 +307,15 @@ def plan(cfg, *, topology: str, num_slices: int = 1, hlo_path=None,
         built = abstract_step(cfg, devices)
     t0 = time.perf_counter()
     lowered = built.lower()
-    compiled = lowered.compile()
+    try:
+        compiled = lowered.compile()
+    except Exception as e:  # XlaRuntimeError; the TPU compiler refuses a program over HBM
+        shortfall = hbm_shortfall(str(e))
+        if shortfall is None:
+            raise
+        return _does_not_fit(cfg, built, devices, topology, num_slices, decoder_shape,
+                             decoder is not None and remat, shortfall, str(e),
+                             time.perf_counter() - t0)
     compile_s = time.perf_counter() - t0
     mem = compiled.memory_analysis()
     cost = compiled.cost_analysis()
@@ -357,6 +365,62 @@ def plan(cfg, *, topology: str, num_slices: int = 1, hlo_path=None,
         "largest_params": largest_params(built.state.params),
         "activation_constraints": len(activations),
         "largest_activations": _largest(activations),
+        "compile_seconds": round(compile_s, 1),
+    }
+
+
+_OOM = re.compile(r"RESOURCE_EXHAUSTED.*?required for HLO temporaries \(([\d.]+)([KMGT]?)\)"
+                  r".*?available HBM \(([\d.]+)([KMGT]?)\)", re.S)
+_UNIT = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+
+
+def hbm_shortfall(message: str) -> tuple[int, int] | None:
+    """``(temporaries needed, HBM available)`` in bytes from the TPU compiler's
+    out-of-memory error (``... required for HLO temporaries (242.52G) exceeds available
+    HBM (95.74G)``, binary units), or ``None`` for any other error.
+
+        >>> hbm_shortfall("RESOURCE_EXHAUSTED: Ran out of memory in memory space hbm... "
+        ...               "required for HLO temporaries (1.5G) exceeds available HBM (1G).")
+        (1610612736, 1073741824)
+    """
+    m = _OOM.search(message)
+    if m is None:
+        return None
+    return (round(float(m[1]) * _UNIT[m[2]]), round(float(m[3]) * _UNIT[m[4]]))
+
+
+def sharded_bytes(tree) -> int:
+    """Bytes one device holds of a pytree of ``ShapeDtypeStruct``s with shardings."""
+    import jax
+
+    return sum(math.prod(x.sharding.shard_shape(x.shape)) * x.dtype.itemsize
+               for x in jax.tree.leaves(tree))
+
+
+def _does_not_fit(cfg, built, devices, topology, num_slices, decoder_shape, remat,
+                  shortfall, message, compile_s) -> dict:
+    """The report of a program the compiler refused for HBM: the arguments' bytes per chip
+    (from their shardings) plus the temporaries it asked for, ``fits`` false; no costs."""
+    import jax
+
+    kind, _ = parse_topology(topology)
+    temp, available = shortfall
+    arguments = sharded_bytes((built.state, built.batch))
+    trainable = ({k: built.state.params[k] for k in ("lora", "head")} if cfg.lora is not None
+                 else built.state.params)
+    count = lambda t: sum(math.prod(x.shape) for x in jax.tree.leaves(t))  # noqa: E731
+    return {
+        "topology": topology, "num_slices": num_slices, "chip": devices[0].device_kind,
+        "chips": len(devices), "mesh": dict(built.mesh.shape),
+        "model": decoder_shape if isinstance(decoder_shape, str) else cfg.model,
+        "objective": built.description, "batch_size": cfg.batch_size, "seq_len": cfg.max_length,
+        "sequences_per_step": built.sequences, "mixed_precision": cfg.mixed_precision,
+        "params": count(built.state.params), "lora": cfg.lora,
+        "trainable_params": count(trainable), "remat": bool(remat),
+        "argument_bytes": arguments, "temp_bytes": temp, "hbm_available_bytes": available,
+        "per_chip_bytes": arguments + temp, "hbm_bytes_per_chip": TPU_CHIPS[kind].hbm_bytes,
+        "fits": False, "flops_per_step": None, "does_not_fit": message.strip().splitlines()[0],
+        "largest_params": largest_params(built.state.params),
         "compile_seconds": round(compile_s, 1),
     }
 
@@ -427,6 +491,17 @@ def format_plan(report: dict) -> str:
     """Human-readable lines of a :func:`plan` report."""
     gib = lambda b: f"{b / GiB:.2f} GiB" if b >= GiB else f"{b / (1 << 20):.1f} MiB"  # noqa: E731
     r = report
+    if "does_not_fit" in r:
+        return "\n".join([
+            f"{r['model']} {r['objective']}: batch {r['batch_size']} x seq {r['seq_len']}, "
+            f"{r['params'] / 1e6:.1f}M params ({r['trainable_params'] / 1e6:.2f}M trainable)",
+            f"{r['num_slices']} x {r['topology']}: {r['chips']} x {r['chip']}, mesh {r['mesh']}",
+            f"DOES NOT FIT: per chip arguments {gib(r['argument_bytes'])} + temporaries "
+            f"{gib(r['temp_bytes'])} (the compiler's demand) = {gib(r['per_chip_bytes'])}, "
+            f"over the {gib(r['hbm_available_bytes'])} the compiler can give temporaries "
+            f"(chip HBM {gib(r['hbm_bytes_per_chip'])})",
+            f"  ({r['does_not_fit']})",
+        ])
     lines = [
         f"{r['model']} {r['objective']}: batch {r['batch_size']} x seq {r['seq_len']} "
         f"({r['sequences_per_step']} sequences/step), {r['params'] / 1e6:.1f}M params, "
