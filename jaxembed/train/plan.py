@@ -291,8 +291,6 @@ def plan(cfg, *, topology: str, num_slices: int = 1, hlo_path=None,
     ``cfg.model`` a folder whose ``config.json`` is a decoder family) plans the
     embedder step of :mod:`jaxembed.train.plan_decoder` (last token, in-batch InfoNCE
     at ``cfg.temperature``), with ``remat`` per layer and ``scan_layers``."""
-    import jax
-
     from jaxembed.train.flops import peak_flops_per_device
     from jaxembed.train.plan_decoder import abstract_decoder_step, decoder_config
 
@@ -305,6 +303,9 @@ def plan(cfg, *, topology: str, num_slices: int = 1, hlo_path=None,
         built = abstract_decoder_step(cfg, devices, decoder, remat=remat, scan_layers=scan_layers)
     else:
         built = abstract_step(cfg, devices)
+    head = _describe(cfg, built, devices, topology=topology, num_slices=num_slices,
+                     decoder_shape=decoder_shape, remat=decoder is not None and remat)
+    hbm = TPU_CHIPS[kind].hbm_bytes
     t0 = time.perf_counter()
     lowered = built.lower()
     try:
@@ -313,9 +314,8 @@ def plan(cfg, *, topology: str, num_slices: int = 1, hlo_path=None,
         shortfall = hbm_shortfall(str(e))
         if shortfall is None:
             raise
-        return _does_not_fit(cfg, built, devices, topology, num_slices, decoder_shape,
-                             decoder is not None and remat, shortfall, str(e),
-                             time.perf_counter() - t0)
+        return _does_not_fit(head, built, shortfall, str(e), hbm=hbm,
+                             compile_s=time.perf_counter() - t0)
     compile_s = time.perf_counter() - t0
     mem = compiled.memory_analysis()
     cost = compiled.cost_analysis()
@@ -330,26 +330,14 @@ def plan(cfg, *, topology: str, num_slices: int = 1, hlo_path=None,
     uncosted = uncosted_ops(hlo)
     seconds = float(cost.get("optimal_seconds", 0.0)) + sum(uncosted.values())
     peak = peak_flops_per_device(devices[0].device_kind, bf16=True)
-    n_params = sum(math.prod(x.shape) for x in jax.tree.leaves(built.state.params))
-    # with LoRA the optimizer sees the adapters and heads only (jaxembed.train.adapters)
-    trainable = ({k: built.state.params[k] for k in ("lora", "head")} if cfg.lora is not None
-                 else built.state.params)
     model_flops = built.model_flops
-    hbm = TPU_CHIPS[kind].hbm_bytes
     # a scanned decoder is a while loop: XLA costs its body (one layer) once, so its
     # FLOPs and time cover one layer and no bound follows from them
     scanned = decoder is not None and scan_layers
     bounded = seconds > 0 and not scanned
     activations = activation_constraints(lowered.as_text())
     return {
-        "topology": topology, "num_slices": num_slices, "chip": devices[0].device_kind,
-        "chips": chips, "mesh": dict(built.mesh.shape),
-        "model": decoder_shape if isinstance(decoder_shape, str) else cfg.model,
-        "objective": built.description, "batch_size": cfg.batch_size, "seq_len": cfg.max_length,
-        "sequences_per_step": built.sequences, "mixed_precision": cfg.mixed_precision,
-        "params": n_params, "lora": cfg.lora,
-        "trainable_params": sum(math.prod(x.shape) for x in jax.tree.leaves(trainable)),
-        "remat": bool(decoder is not None and remat),
+        **head,
         "scan_layers": scanned,
         "argument_bytes": mem.argument_size_in_bytes, "output_bytes": mem.output_size_in_bytes,
         "alias_bytes": mem.alias_size_in_bytes, "temp_bytes": mem.temp_size_in_bytes,
@@ -397,17 +385,14 @@ def sharded_bytes(tree) -> int:
                for x in jax.tree.leaves(tree))
 
 
-def _does_not_fit(cfg, built, devices, topology, num_slices, decoder_shape, remat,
-                  shortfall, message, compile_s) -> dict:
-    """The report of a program the compiler refused for HBM: the arguments' bytes per chip
-    (from their shardings) plus the temporaries it asked for, ``fits`` false; no costs."""
+def _describe(cfg, built, devices, *, topology, num_slices, decoder_shape, remat) -> dict:
+    """The report's fields known before compiling: the slice, the mesh, the step and its
+    parameters (with LoRA the optimizer sees the adapters and heads only,
+    :mod:`jaxembed.train.adapters`)."""
     import jax
 
-    kind, _ = parse_topology(topology)
-    temp, available = shortfall
-    arguments = sharded_bytes((built.state, built.batch))
-    trainable = ({k: built.state.params[k] for k in ("lora", "head")} if cfg.lora is not None
-                 else built.state.params)
+    params = built.state.params
+    trainable = ({k: params[k] for k in ("lora", "head")} if cfg.lora is not None else params)
     count = lambda t: sum(math.prod(x.shape) for x in jax.tree.leaves(t))  # noqa: E731
     return {
         "topology": topology, "num_slices": num_slices, "chip": devices[0].device_kind,
@@ -415,10 +400,21 @@ def _does_not_fit(cfg, built, devices, topology, num_slices, decoder_shape, rema
         "model": decoder_shape if isinstance(decoder_shape, str) else cfg.model,
         "objective": built.description, "batch_size": cfg.batch_size, "seq_len": cfg.max_length,
         "sequences_per_step": built.sequences, "mixed_precision": cfg.mixed_precision,
-        "params": count(built.state.params), "lora": cfg.lora,
-        "trainable_params": count(trainable), "remat": bool(remat),
+        "params": count(params), "lora": cfg.lora, "trainable_params": count(trainable),
+        "remat": bool(remat),
+    }
+
+
+def _does_not_fit(head: dict, built, shortfall, message: str, *, hbm: int,
+                  compile_s: float) -> dict:
+    """The report of a program the compiler refused for HBM: the arguments' bytes per chip
+    (from their shardings) plus the temporaries it asked for, ``fits`` false; no costs."""
+    temp, available = shortfall
+    arguments = sharded_bytes((built.state, built.batch))
+    return {
+        **head,
         "argument_bytes": arguments, "temp_bytes": temp, "hbm_available_bytes": available,
-        "per_chip_bytes": arguments + temp, "hbm_bytes_per_chip": TPU_CHIPS[kind].hbm_bytes,
+        "per_chip_bytes": arguments + temp, "hbm_bytes_per_chip": hbm,
         "fits": False, "flops_per_step": None, "does_not_fit": message.strip().splitlines()[0],
         "largest_params": largest_params(built.state.params),
         "compile_seconds": round(compile_s, 1),
