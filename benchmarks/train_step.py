@@ -101,7 +101,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--eps", type=float, default=1e-5, help="eigenvalue floor, same on both sides")
     p.add_argument("--dropout-rng", default="auto",
                    help="comma-separated TrainConfig.dropout_rng values to time (auto: the "
-                        "trainer's default, threefry on CPU and rbg on accelerators; threefry, rbg)")
+                        "trainer's default, threefry on every backend; threefry, rbg, unsafe_rbg)")
     p.add_argument("--embedding-lookup", default="auto",
                    help="comma-separated TransformerEncoder.embedding_lookup values to time "
                         "(auto, take, onehot, cast_take)")

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import math
+import re
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -10,6 +13,7 @@ import pytest
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from jaxembed.models.dropout import Dropout, _threefry2x32, bernoulli_mask, threefry_bits
+from jaxembed.models.dropout_rng import dropout_key, resolve_impl
 
 # Known-answer vectors of Threefry-2x32, 20 rounds (Random123's kat_vectors):
 # (key0, key1, counter0, counter1) -> (out0, out1).
@@ -102,6 +106,28 @@ def test_dropout_sharded_equals_single_device(rng):
     sharded = f(jax.device_put(x, NamedSharding(mesh, P("data"))))
     assert sharded.sharding.spec == P("data")
     np.testing.assert_array_equal(np.asarray(sharded), np.asarray(single))
+
+
+def _u32_shapes(compiled_hlo: str) -> set[tuple[int, ...]]:
+    return {tuple(int(d) for d in dims.split(",") if d)
+            for dims in re.findall(r"\bu32\[([\d,]*)\]", compiled_hlo)}
+
+
+@pytest.mark.parametrize("impl", ["auto", "rbg"])
+def test_each_device_draws_only_its_shard_of_the_bits(rng, impl):
+    """On a data mesh of 8, the default (``auto``: fused threefry, counters from iotas)
+    computes each device's 2 x 12 x 32 bits only; rbg's RngBitGenerator is not split by
+    the partitioner, so every device draws the whole 16-row batch's bits (8x the work
+    and memory per chip: why ``auto`` is not rbg on accelerators)."""
+    mesh = jax.sharding.Mesh(np.array(jax.devices()), ("data",))
+    x = jax.device_put(jnp.asarray(rng.standard_normal((16, 12, 32)), jnp.float32),
+                       NamedSharding(mesh, P("data")))
+    key = dropout_key(jax.random.PRNGKey(int(rng.integers(0, 2**31))), impl)
+    f = jax.jit(lambda x, k: Dropout(0.1).apply({}, x, deterministic=False, rngs={"dropout": k}))
+    shapes = _u32_shapes(f.lower(x, key).compile().as_text())
+    full = any(math.prod(s) >= 16 * 12 * 32 for s in shapes)
+    assert full == (impl == "rbg"), sorted(shapes)
+    assert resolve_impl(impl) == ("threefry" if impl == "auto" else impl)
 
 
 def test_encoder_uses_fused_dropout():

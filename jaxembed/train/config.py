@@ -134,7 +134,7 @@ class TrainConfig:
     adam_eps: float = 1e-8
     max_grad_norm: float = 1.0
     mixed_precision: bool = False        # bf16 compute, float32 params/losses
-    dropout_rng: str = "auto"            # threefry | rbg | unsafe_rbg | auto (threefry on CPU)
+    dropout_rng: str = "auto"            # threefry | rbg | unsafe_rbg | auto (= threefry)
     # mesh
     mesh_data: int = -1                  # -1: all devices not used by fsdp
     mesh_fsdp: int = 1

@@ -32,8 +32,9 @@ the base parameters are a frozen argument sharded by the same rules, the adapter
 the report gives ``lora`` and ``trainable_params`` (the parameters in the optimizer
 state; all of them without LoRA).
 
-On TPU the trainer's ``dropout_rng="auto"`` means ``rbg``; the plan uses that
-too (compiling on a CPU host would otherwise pick threefry).
+Dropout bits follow ``cfg.dropout_rng`` as the trainer does (``auto``: the
+fused threefry bits, which the partitioner shards; ``rbg`` makes every chip
+draw the whole global batch's bits, see :mod:`jaxembed.models.dropout_rng`).
 
 Example::
 
@@ -296,8 +297,6 @@ def plan(cfg, *, topology: str, num_slices: int = 1, hlo_path=None,
 
     kind, _ = parse_topology(topology)
     devices = tpu_devices(topology, num_slices=num_slices)
-    if cfg.dropout_rng == "auto":
-        cfg = cfg.replace(dropout_rng="rbg")
     decoder = decoder_config(cfg, decoder_shape)
     if decoder is not None:
         built = abstract_decoder_step(cfg, devices, decoder, remat=remat, scan_layers=scan_layers)
