@@ -22,6 +22,7 @@ Prints one JSON line per cell (the plan's report plus ``command`` and
 
     python -m benchmarks.plan_table encoders --timeout 180 --out /tmp/plan_enc.jsonl
     python -m benchmarks.plan_table decoders --timeout 600
+    python -m benchmarks.plan_table encoders --chips 8 --set batch_size=1024   # every cell
     python -m benchmarks.plan_table --replot /tmp/plan_enc.jsonl     # table only
 """
 
@@ -102,8 +103,8 @@ def _gib(b) -> str:
 
 def table(rows: list[dict]) -> str:
     """Markdown table of the cells that compiled (timeouts and errors listed after it)."""
-    head = ("| model | chips | mesh data x fsdp | remat | per-chip GiB (args + temp) | fits "
-            "| XLA TFLOPs/chip | MFU bound | compile s |\n|---|---|---|---|---|---|---|---|---|")
+    head = ("| model | chips | mesh data x fsdp | batch | remat | per-chip GiB (args + temp) | fits "
+            "| XLA TFLOPs/chip | MFU bound | compile s |\n|---|---|---|---|---|---|---|---|---|---|")
     lines, dropped = [head], []
     for r in rows:
         if "per_chip_bytes" not in r:
@@ -119,7 +120,7 @@ def table(rows: list[dict]) -> str:
         model = r["model"] + (f" LoRA r{r['lora']['rank']}" if r.get("lora") else "")
         lines.append(
             f"| {model} | {r['chips']} | {r['mesh']['data']} x {r['mesh']['fsdp']} "
-            f"| {'on' if r.get('remat') else 'off'} | {_gib(r['per_chip_bytes'])} "
+            f"| {r['batch_size']} | {'on' if r.get('remat') else 'off'} | {_gib(r['per_chip_bytes'])} "
             f"({_gib(r['argument_bytes'])} + {_gib(r['temp_bytes'])}) "
             f"| {'yes' if r['fits'] else 'NO'} | {tflops} | {mfu} "
             f"| {r['compile_seconds']} |")
@@ -133,6 +134,8 @@ def main(argv=None) -> int:
     p.add_argument("--chips", default="", help="comma-separated chip counts (default: the suite's)")
     p.add_argument("--only", action="append", default=[], metavar="TEXT",
                    help="run only cells whose command contains every TEXT (repeatable)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
+                   help="one more `plan --set` for every cell (repeatable; e.g. batch_size=1024)")
     p.add_argument("--out", default="", help="also append the JSON lines here")
     p.add_argument("--replot", default="", help="tabulate saved JSON lines instead of planning")
     a = p.parse_args(argv)
@@ -145,6 +148,7 @@ def main(argv=None) -> int:
     build = encoder_cells if a.suite == "encoders" else decoder_cells
     cells = build(chips) if chips else build()
     cells = [c for c in cells if all(t in " ".join(c) for t in a.only)]
+    cells = [c + [x for kv in a.overrides for x in ("--set", kv)] for c in cells]
     emit({"benchmark": f"plan_table.{a.suite}", **machine()}, a.out)
     rows = [emit(run_cell(args, timeout=a.timeout), a.out) for args in cells]
     print(table(rows))
